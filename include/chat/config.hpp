@@ -1,0 +1,70 @@
+// Server settings: one struct filled from the command line or a TOML file, passed down.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace chat {
+
+using Duration = std::chrono::milliseconds;
+
+// Parses "250ms", "5s", "2m", "1h" (a bare number means seconds). Returns
+// nullopt for anything else, including negative values.
+std::optional<Duration> parse_duration(std::string_view text);
+// The shortest exact spelling: 1500ms, 5s, 2m.
+std::string format_duration(Duration d);
+// Parses "4MiB", "512KiB", "1GiB", "65536", "64k". Returns nullopt on junk.
+std::optional<std::size_t> parse_size(std::string_view text);
+std::string format_size(std::size_t bytes);
+
+struct TcpKeepalive {
+    int idle_s = 0;
+    int interval_s = 0;
+    int count = 0;
+};
+// "IDLE,INTERVAL,COUNT" in seconds, each > 0.
+std::optional<TcpKeepalive> parse_tcp_keepalive(std::string_view text);
+
+struct ServerConfig {
+    std::string bind = "0.0.0.0";
+    std::uint16_t port = 7000;
+    std::string server_name = "pulsechat";
+
+    Duration handshake_timeout{10'000};
+    Duration heartbeat_interval{5'000};
+    Duration heartbeat_timeout{15'000};
+    Duration write_timeout{10'000};
+    Duration drain_timeout{5'000};
+
+    std::optional<TcpKeepalive> tcp_keepalive;
+    std::optional<Duration> tcp_user_timeout;
+
+    std::size_t history = 100;
+    std::size_t queue_limit = 4 * 1024 * 1024;
+    std::uint32_t max_frame = 64 * 1024;
+
+    double rate = 20.0;  // messages per second per session; 0 = unlimited
+    double burst = 40.0;
+    // Rate-limit errors in a row (without a conforming message between) before
+    // the session is disconnected.
+    unsigned rate_strikes = 10;
+
+    std::size_t max_connections = 100'000;
+    std::size_t max_per_ip = 0;  // 0 = unlimited
+    std::size_t max_rooms_per_session = 64;
+
+    unsigned threads = 1;
+    std::string log_level = "info";
+
+    // The worst-case time between a peer's death and the server noticing it.
+    Duration worst_case_detection() const { return heartbeat_timeout; }
+};
+
+// Returns an error message, or an empty string when the settings hang together.
+std::string validate(const ServerConfig& config);
+
+}  // namespace chat

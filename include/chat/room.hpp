@@ -1,0 +1,68 @@
+// A named room: its members, grouped by shard, and the fan-out of every frame to them.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "chat/broker.hpp"
+#include "chat/participant.hpp"
+
+namespace chat {
+
+// Runs work on the io_context of another shard. The room uses it to cross
+// threads once per shard for each message, never once per member.
+class ShardPoster {
+public:
+    virtual ~ShardPoster() = default;
+    virtual std::size_t current_shard() const noexcept = 0;
+    virtual void post(std::size_t shard, std::function<void()> work) = 0;
+};
+
+class Room final : public Broker::Subscriber {
+public:
+    Room(std::string name, std::size_t shard_count, ShardPoster& poster);
+
+    const std::string& name() const noexcept { return name_; }
+    std::size_t size() const noexcept { return members_.size(); }
+    bool empty() const noexcept { return members_.empty(); }
+    bool contains(std::uint64_t id) const { return ids_.contains(id); }
+
+    // Returns false if the participant is a member already.
+    bool add(std::shared_ptr<Participant> participant, std::string nick);
+    // Returns false if it was not a member.
+    bool remove(std::uint64_t id);
+    void rename(std::uint64_t id, const std::string& nick);
+    // Nicks in join order.
+    std::vector<std::string> nicks() const;
+
+    // Queues `frame` to every member (but `except`, when non-zero) in one order.
+    void broadcast(const SharedFrame& frame, std::uint64_t except = 0);
+
+    // From the broker: a message published to this room.
+    void on_message(const StoredMessage& message) override { broadcast(message.frame); }
+
+private:
+    struct Member {
+        std::shared_ptr<Participant> participant;
+        std::string nick;
+    };
+    using Snapshot = std::vector<std::shared_ptr<Participant>>;
+
+    void rebuild_shard(std::size_t shard);
+
+    std::string name_;
+    ShardPoster& poster_;
+    std::vector<Member> members_;  // join order
+    std::unordered_set<std::uint64_t> ids_;
+    // Per shard, an immutable list of that shard's members: a message to another
+    // shard carries this pointer rather than a copy of the list. Rebuilt only
+    // when membership changes.
+    std::vector<std::shared_ptr<const Snapshot>> by_shard_;
+};
+
+}  // namespace chat

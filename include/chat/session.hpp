@@ -1,0 +1,543 @@
+// One client connection: a reader, a writer and a watchdog coroutine over any stream type.
+//
+// The same template serves TCP, TLS and Unix-domain sockets. All three
+// coroutines run on the session's own io_context (its shard) and share one
+// idempotent stop(). The watchdog owns every deadline: the handshake, the
+// heartbeat expiry, the write timeout and the drain of a closing session.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <asio.hpp>
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/experimental/awaitable_operators.hpp>
+#include <spdlog/spdlog.h>
+
+#include "chat/config.hpp"
+#include "chat/hub.hpp"
+#include "chat/participant.hpp"
+#include "chat/protocol.hpp"
+#include "chat/rate_limiter.hpp"
+
+namespace chat {
+
+// What every session of a server shares. Lives as long as the server.
+struct SessionEnv {
+    const ServerConfig& config;
+    Hub& hub;
+    asio::any_io_executor hub_executor;
+    std::shared_ptr<spdlog::logger> log;
+    std::string server_version;
+    // Called once on the session's own shard when all its coroutines ended.
+    std::function<void(std::uint64_t id)> on_finished;
+};
+
+// The transport-independent face of a session, for the server's registries.
+class SessionBase : public Participant {
+public:
+    // Server shutdown: send BYE after what is queued, then close.
+    virtual void shutdown(const std::string& reason) = 0;
+    // Close now, queued or not.
+    virtual void abort(const std::string& reason) = 0;
+    virtual const std::string& peer() const noexcept = 0;
+};
+
+template <class Stream>
+class Session final : public SessionBase, public std::enable_shared_from_this<Session<Stream>> {
+public:
+    using Clock = std::chrono::steady_clock;
+
+    Session(Stream stream, std::uint64_t id, std::size_t shard, std::string peer, SessionEnv& env)
+        : stream_(std::move(stream)),
+          id_(id),
+          shard_(shard),
+          peer_(std::move(peer)),
+          env_(env),
+          decoder_(env.config.max_frame),
+          limiter_(env.config.rate, env.config.burst),
+          watchdog_(stream_.get_executor()),
+          writer_wake_(stream_.get_executor()) {}
+
+    std::uint64_t id() const noexcept override { return id_; }
+    std::size_t shard() const noexcept override { return shard_; }
+    const std::string& peer() const noexcept override { return peer_; }
+
+    // Starts the coroutines. `rejection`, when set, is sent as a fatal ERROR
+    // before anything is read (connection limits).
+    void start(std::optional<std::pair<ErrorCode, std::string>> rejection = std::nullopt) {
+        const auto now = Clock::now();
+        rx_deadline_ = now + env_.config.handshake_timeout;
+        last_tx_ = now;
+        if (rejection) close_with_error(rejection->first, rejection->second);
+        auto self = this->shared_from_this();
+        using namespace asio::experimental::awaitable_operators;
+        asio::co_spawn(
+            stream_.get_executor(),
+            [self]() -> asio::awaitable<void> { co_await (self->reader() && self->writer() && self->watchdog()); },
+            [self](std::exception_ptr e) {
+                if (e) {
+                    try {
+                        std::rethrow_exception(e);
+                    } catch (const std::exception& ex) {
+                        self->env_.log->error("session {} {}: bug: {}", self->id_, self->peer_, ex.what());
+                    }
+                    self->stop(PresenceEvent::disconnected, "internal error");
+                }
+                self->env_.on_finished(self->id_);
+            });
+    }
+
+    // --- Participant: called on this session's shard ---
+
+    void deliver(const SharedFrame& frame) override {
+        if (stopped_ || closing_) return;
+        if (queued_bytes_ + frame->size() > env_.config.queue_limit) {
+            slow_consumer(fmt::format("write queue over {} ({} bytes queued)", format_size(env_.config.queue_limit),
+                                      queued_bytes_));
+            return;
+        }
+        queued_bytes_ += frame->size();
+        queue_.push_back(frame);
+        wake_writer();
+    }
+
+    void on_login(const std::string& nick, const std::string& resume_token) override {
+        if (stopped_ || closing_) return;
+        nick_ = nick;
+        logged_in_ = true;
+        rx_deadline_ = Clock::now() + env_.config.heartbeat_timeout;
+        env_.log->info("session {} {}: logged in as '{}'", id_, peer_, nick_);
+        Welcome welcome;
+        welcome.session_id = id_;
+        welcome.heartbeat_interval_ms = static_cast<std::uint32_t>(env_.config.heartbeat_interval.count());
+        welcome.heartbeat_timeout_ms = static_cast<std::uint32_t>(env_.config.heartbeat_timeout.count());
+        welcome.max_frame = env_.config.max_frame;
+        welcome.nick = nick;
+        welcome.resume_token = resume_token;
+        welcome.server_name = env_.config.server_name;
+        welcome.server_version = env_.server_version;
+        // Ahead of any room traffic: the client learns its settings first.
+        send_control(make_frame(welcome));
+    }
+
+    void on_renamed(const std::string& nick) override {
+        env_.log->info("session {} {}: renamed '{}' -> '{}'", id_, peer_, nick_, nick);
+        nick_ = nick;
+    }
+
+    void close_with_error(ErrorCode code, const std::string& reason) override {
+        if (stopped_ || closing_) return;
+        env_.log->info("session {} {}: closing: {} ({})", id_, peer_, reason, to_string(code));
+        send_control(make_frame(Error{code, reason, true}));
+        begin_close(presence_for(code), reason);
+    }
+
+    void abort(const std::string& reason) override { stop(PresenceEvent::disconnected, reason); }
+
+    void shutdown(const std::string& reason) override {
+        if (stopped_ || closing_) return;
+        send_control(make_frame(Bye{reason}));
+        begin_close(PresenceEvent::disconnected, reason);
+    }
+
+private:
+    static PresenceEvent presence_for(ErrorCode code) {
+        return code == ErrorCode::heartbeat_timeout ? PresenceEvent::timed_out : PresenceEvent::disconnected;
+    }
+
+    // --- the three coroutines ---
+
+    asio::awaitable<void> reader() {
+        using asio::experimental::as_tuple;
+        Message message;
+        while (!stopped_) {
+            auto space = decoder_.prepare(16 * 1024);
+            auto [ec, n] = co_await stream_.async_read_some(asio::buffer(space.data(), space.size()),
+                                                            as_tuple(asio::use_awaitable));
+            if (ec) {
+                if (ec == asio::error::eof)
+                    stop(PresenceEvent::disconnected, "connection closed by peer");
+                else if (ec != asio::error::operation_aborted)
+                    stop(PresenceEvent::disconnected, "read failed: " + ec.message());
+                else
+                    stop(PresenceEvent::disconnected, "read cancelled");
+                break;
+            }
+            decoder_.commit(n);
+            if (closing_) {
+                // Draining: what the peer sends now is read and dropped.
+                decoder_ = Decoder(env_.config.max_frame);
+                continue;
+            }
+            if (logged_in_ || hello_seen_) rx_deadline_ = Clock::now() + env_.config.heartbeat_timeout;
+            for (;;) {
+                const auto status = decoder_.next(message);
+                if (status == Decoder::Status::need_more) break;
+                if (status == Decoder::Status::error) {
+                    protocol_error(decoder_.error());
+                    break;
+                }
+                handle(message);
+                if (closing_ || stopped_) break;
+            }
+        }
+    }
+
+    asio::awaitable<void> writer() {
+        using asio::experimental::as_tuple;
+        std::vector<SharedFrame> in_flight;
+        std::vector<asio::const_buffer> buffers;
+        while (!stopped_) {
+            if (control_.empty() && queue_.empty()) {
+                if (closing_) {
+                    // Everything queued before the close is out: now close.
+                    asio::error_code ignored;
+                    stream_.lowest_layer().shutdown(asio::socket_base::shutdown_send, ignored);
+                    stop(close_event_, close_reason_);
+                    break;
+                }
+                writer_waiting_ = true;
+                writer_wake_.expires_at(Clock::time_point::max());
+                co_await writer_wake_.async_wait(as_tuple(asio::use_awaitable));
+                writer_waiting_ = false;
+                continue;
+            }
+            // Control frames (WELCOME, PING, PONG, ERROR, BYE) go ahead of
+            // room traffic, so a full queue never starves a heartbeat. Every
+            // frame queued at this moment goes out in one gather write.
+            std::size_t room_bytes = 0;
+            in_flight.swap(control_);
+            for (auto& f : queue_) room_bytes += f->size();
+            in_flight.insert(in_flight.end(), std::make_move_iterator(queue_.begin()),
+                             std::make_move_iterator(queue_.end()));
+            queue_.clear();
+            buffers.clear();
+            for (const auto& f : in_flight) buffers.emplace_back(f->data(), f->size());
+
+            writing_ = true;
+            write_started_ = Clock::now();
+            auto [ec, n] = co_await asio::async_write(stream_, buffers, as_tuple(asio::use_awaitable));
+            writing_ = false;
+            last_tx_ = Clock::now();
+            queued_bytes_ = queued_bytes_ >= room_bytes ? queued_bytes_ - room_bytes : 0;
+            in_flight.clear();
+            if (ec) {
+                if (!stopped_) stop(PresenceEvent::disconnected, "write failed: " + ec.message());
+                break;
+            }
+        }
+    }
+
+    asio::awaitable<void> watchdog() {
+        using asio::experimental::as_tuple;
+        const auto& cfg = env_.config;
+        while (!stopped_) {
+            const auto now = Clock::now();
+            if (now >= rx_deadline_ && !closing_) {
+                if (!logged_in_ && !hello_seen_) {
+                    env_.log->info("session {} {}: no HELLO within {}", id_, peer_,
+                                   format_duration(cfg.handshake_timeout));
+                    close_with_error(ErrorCode::handshake_timeout,
+                                     "no HELLO within " + format_duration(cfg.handshake_timeout));
+                } else {
+                    env_.log->warn("session {} {} '{}': heartbeat timeout: nothing received for {}", id_, peer_,
+                                   nick_, format_duration(cfg.heartbeat_timeout));
+                    // The peer is presumably dead: its rooms hear of it now; the
+                    // ERROR gets a short grace to go out, no more.
+                    leave_hub(PresenceEvent::timed_out, "heartbeat timeout");
+                    queue_.clear();
+                    send_control(make_frame(Error{ErrorCode::heartbeat_timeout,
+                                                  "nothing received for " + format_duration(cfg.heartbeat_timeout),
+                                                  true}));
+                    begin_close(PresenceEvent::timed_out, "heartbeat timeout", short_grace());
+                }
+                continue;
+            }
+            if (writing_ && now - write_started_ >= cfg.write_timeout && !closing_) {
+                slow_consumer("a write did not finish within " + format_duration(cfg.write_timeout));
+                continue;
+            }
+            if (closing_ && now >= close_deadline_) {
+                stop(close_event_, close_reason_ + " (peer did not take the last frames in time)");
+                continue;
+            }
+            if (logged_in_ && !closing_ && now - last_tx_ >= cfg.heartbeat_interval) {
+                send_control(make_frame(Ping{++ping_nonce_}));
+                last_tx_ = now;  // a PING counts as sending; the next one waits an interval
+            }
+            auto next = rx_deadline_;
+            if (logged_in_) next = std::min(next, last_tx_ + cfg.heartbeat_interval);
+            if (writing_) next = std::min(next, write_started_ + cfg.write_timeout);
+            if (closing_) next = std::min(next, close_deadline_);
+            watchdog_.expires_at(next);
+            co_await watchdog_.async_wait(as_tuple(asio::use_awaitable));
+        }
+    }
+
+    // --- frames from the client ---
+
+    void handle(Message& message) {
+        if (!hello_seen_) {
+            if (auto* hello = std::get_if<Hello>(&message)) {
+                on_hello(*hello);
+            } else {
+                protocol_violation(ErrorCode::hello_required,
+                                   fmt::format("expected HELLO, got {}", to_string(frame_type(message))));
+            }
+            return;
+        }
+        std::visit([this](auto& m) { on(m); }, message);
+    }
+
+    void on_hello(Hello& hello) {
+        hello_seen_ = true;
+        if (!is_valid_nick(hello.nick)) {
+            protocol_violation(ErrorCode::invalid_nick,
+                               "nickname must be 1-32 characters of letters, digits, '_', '-', '.', "
+                               "starting with a letter or digit");
+            return;
+        }
+        env_.log->debug("session {} {}: HELLO as '{}'", id_, peer_, hello.nick);
+        auto self = this->shared_from_this();
+        to_hub([self, nick = std::move(hello.nick), token = std::move(hello.resume_token)](Hub& hub) mutable {
+            hub.login(self, std::move(nick), token);
+        });
+    }
+
+    void on(Hello&) { protocol_violation(ErrorCode::duplicate_hello, "HELLO was already sent on this connection"); }
+
+    void on(Join& join) {
+        if (!admit()) return;
+        if (!is_valid_room(join.room)) {
+            send_error(ErrorCode::invalid_room, "room names are 1-64 characters of letters, digits, '_', '-', '.', '#'");
+            return;
+        }
+        env_.log->info("session {} {} '{}': join '{}'", id_, peer_, nick_, join.room);
+        to_hub([id = id_, join = std::move(join)](Hub& hub) { hub.join(id, join); });
+    }
+
+    void on(Leave& leave) {
+        if (!admit()) return;
+        env_.log->info("session {} {} '{}': leave '{}'", id_, peer_, nick_, leave.room);
+        to_hub([id = id_, room = std::move(leave.room)](Hub& hub) { hub.leave(id, room); });
+    }
+
+    void on(Say& say) {
+        if (!admit()) return;
+        if (!is_valid_text(say.text)) {
+            send_error(ErrorCode::invalid_text, "text must be non-empty UTF-8 without control characters");
+            return;
+        }
+        env_.log->debug("session {} '{}' in '{}': {}", id_, nick_, say.room, say.text);
+        if (shard_ == 0) {
+            // On the hub's own thread: no copy of the text, no post.
+            env_.hub.say(id_, say.room, say.text);
+        } else {
+            asio::post(env_.hub_executor,
+                       [&hub = env_.hub, id = id_, room = std::move(say.room), text = std::move(say.text)] {
+                           hub.say(id, room, text);
+                       });
+        }
+    }
+
+    void on(Whisper& whisper) {
+        if (!admit()) return;
+        if (!is_valid_text(whisper.text)) {
+            send_error(ErrorCode::invalid_text, "text must be non-empty UTF-8 without control characters");
+            return;
+        }
+        to_hub([id = id_, to = std::move(whisper.peer), text = std::move(whisper.text)](Hub& hub) {
+            hub.whisper(id, to, text);
+        });
+    }
+
+    void on(Nick& nick) {
+        if (!admit()) return;
+        if (!is_valid_nick(nick.new_nick)) {
+            send_error(ErrorCode::invalid_nick, "nickname must be 1-32 characters of letters, digits, '_', '-', '.', "
+                                                "starting with a letter or digit");
+            return;
+        }
+        to_hub([id = id_, name = std::move(nick.new_nick)](Hub& hub) mutable { hub.rename(id, std::move(name)); });
+    }
+
+    void on(List&) {
+        if (!admit()) return;
+        to_hub([id = id_](Hub& hub) { hub.list(id); });
+    }
+
+    void on(Who& who) {
+        if (!admit()) return;
+        to_hub([id = id_, room = std::move(who.room)](Hub& hub) { hub.who(id, room); });
+    }
+
+    void on(Heartbeat&) {}  // the read itself pushed the deadline forward
+    void on(Pong&) {}
+    void on(Ping& ping) { send_control(make_frame(Pong{ping.nonce})); }
+
+    void on(Bye& bye) {
+        env_.log->info("session {} {} '{}': said BYE: {}", id_, peer_, nick_, bye.reason);
+        begin_close(PresenceEvent::disconnected, bye.reason.empty() ? std::string("quit") : "quit: " + bye.reason);
+    }
+
+    template <class M>
+    void on(M& m) {
+        protocol_violation(ErrorCode::unknown_type,
+                           fmt::format("{} is not a frame a client may send", to_string(frame_type(Message{m}))));
+    }
+
+    // Flood control for everything but heartbeats; true when the frame may pass.
+    bool admit() {
+        if (!hello_seen_) return false;
+        if (limiter_.try_take(Clock::now())) {
+            rate_strikes_ = 0;
+            return true;
+        }
+        if (++rate_strikes_ >= env_.config.rate_strikes) {
+            env_.log->warn("session {} {} '{}': disconnected for flooding ({} refused messages in a row)", id_, peer_,
+                           nick_, rate_strikes_);
+            close_with_error(ErrorCode::rate_limited, "disconnected for flooding");
+        } else {
+            send_error(ErrorCode::rate_limited,
+                       fmt::format("over {} messages/s (burst {}); message dropped", env_.config.rate,
+                                   env_.config.burst));
+        }
+        return false;
+    }
+
+    // --- outcomes ---
+
+    void protocol_error(DecodeError error) {
+        std::string reason(to_string(error));
+        if (error == DecodeError::frame_too_large)
+            reason = fmt::format("frame larger than the maximum of {} bytes", env_.config.max_frame);
+        else if (error == DecodeError::unsupported_version)
+            reason = fmt::format("this server speaks protocol version {}", protocol_version);
+        else if (error == DecodeError::unknown_type)
+            reason = fmt::format("unknown frame type 0x{:02x}", decoder_.failed_type());
+        protocol_violation(to_error_code(error), reason);
+    }
+
+    void protocol_violation(ErrorCode code, const std::string& reason) {
+        env_.log->warn("session {} {}: protocol violation: {} ({})", id_, peer_, reason, to_string(code));
+        close_with_error(code, reason);
+    }
+
+    void slow_consumer(const std::string& why) {
+        if (stopped_) return;
+        env_.log->warn("session {} {} '{}': slow consumer: {}", id_, peer_, nick_, why);
+        // The ERROR jumps the queue, but the peer is not reading, so it gets a
+        // short grace only; the queued room traffic is dropped here, which is
+        // what keeps server memory bounded.
+        if (closing_ && left_hub_) {
+            stop(PresenceEvent::disconnected, "slow consumer: " + why);
+            return;
+        }
+        leave_hub(PresenceEvent::disconnected, "slow consumer");
+        queue_.clear();
+        queued_bytes_ = 0;
+        send_control(make_frame(Error{ErrorCode::slow_consumer, why, true}));
+        begin_close(PresenceEvent::disconnected, "slow consumer: " + why, short_grace());
+    }
+
+    void send_error(ErrorCode code, std::string reason) {
+        send_control(make_frame(Error{code, std::move(reason), false}));
+    }
+
+    void send_control(SharedFrame frame) {
+        control_.push_back(std::move(frame));
+        wake_writer();
+    }
+
+    void wake_writer() {
+        if (writer_waiting_) {
+            writer_waiting_ = false;
+            writer_wake_.cancel();
+        }
+    }
+
+    // A dead or stalled peer gets this long to take a last ERROR.
+    Duration short_grace() const { return std::min<Duration>(env_.config.write_timeout, Duration{1000}); }
+
+    void begin_close(PresenceEvent event, const std::string& reason) {
+        begin_close(event, reason, env_.config.write_timeout);
+    }
+
+    void begin_close(PresenceEvent event, const std::string& reason, Duration grace) {
+        closing_ = true;
+        close_event_ = event;
+        close_reason_ = reason;
+        close_deadline_ = Clock::now() + grace;
+        watchdog_.cancel();  // re-plan around the drain deadline
+        wake_writer();
+    }
+
+    template <class F>
+    void to_hub(F&& f) {
+        if (shard_ == 0)
+            f(env_.hub);
+        else
+            asio::post(env_.hub_executor, [f = std::forward<F>(f), &hub = env_.hub]() mutable { f(hub); });
+    }
+
+    // Idempotent: the hub forgets the session and its rooms see `event`.
+    void leave_hub(PresenceEvent event, const std::string& reason) {
+        if (left_hub_) return;
+        left_hub_ = true;
+        asio::post(env_.hub_executor, [&hub = env_.hub, id = id_, event, reason] { hub.disconnect(id, event, reason); });
+    }
+
+    // Idempotent: leaves the hub, closes the socket, cancels timers, logs the reason once.
+    void stop(PresenceEvent event, const std::string& reason) {
+        if (stopped_) return;
+        stopped_ = true;
+        env_.log->info("session {} {}{}: disconnected: {}", id_, peer_, nick_.empty() ? "" : " '" + nick_ + "'",
+                       reason);
+        leave_hub(event, reason);
+        asio::error_code ignored;
+        stream_.lowest_layer().close(ignored);
+        watchdog_.cancel();
+        writer_wake_.cancel();
+    }
+
+    Stream stream_;
+    const std::uint64_t id_;
+    const std::size_t shard_;
+    const std::string peer_;
+    SessionEnv& env_;
+    std::string nick_;
+
+    Decoder decoder_;
+    RateLimiter limiter_;
+    unsigned rate_strikes_ = 0;
+
+    asio::steady_timer watchdog_;
+    asio::steady_timer writer_wake_;
+    bool writer_waiting_ = false;
+
+    std::vector<SharedFrame> control_;
+    std::vector<SharedFrame> queue_;
+    std::size_t queued_bytes_ = 0;
+
+    Clock::time_point rx_deadline_{};
+    Clock::time_point last_tx_{};
+    Clock::time_point write_started_{};
+    Clock::time_point close_deadline_{};
+    bool writing_ = false;
+    std::uint64_t ping_nonce_ = 0;
+
+    bool hello_seen_ = false;
+    bool logged_in_ = false;
+    bool closing_ = false;
+    bool stopped_ = false;
+    bool left_hub_ = false;
+    PresenceEvent close_event_ = PresenceEvent::disconnected;
+    std::string close_reason_;
+};
+
+}  // namespace chat

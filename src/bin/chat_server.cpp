@@ -1,0 +1,114 @@
+// chat_server: the pulsechat server.
+#include <cstdio>
+#include <iostream>
+
+#include "chat/cli.hpp"
+#include "chat/logging.hpp"
+#include "chat/server.hpp"
+#include "pulsechat_config.h"
+
+int main(int argc, char** argv) {
+    chat::ServerConfig cfg;
+    CLI::App app{"pulsechat server: rooms, nicknames, presence and private messages over a binary protocol, "
+                 "with application heartbeats that notice a dead peer in seconds.",
+                 "chat_server"};
+    app.set_version_flag("--version", PULSECHAT_VERSION);
+    app.set_config("--config", "", "Read these options from a TOML file (keys are the long option names)");
+    app.get_formatter()->column_width(34);
+
+    app.add_option("-p,--port", cfg.port, "TCP port to listen on; 0 picks a free one")->capture_default_str();
+    app.add_option("--bind", cfg.bind, "Address to listen on")->capture_default_str();
+    app.add_option("--name", cfg.server_name, "Server name announced in WELCOME")->capture_default_str();
+    app.add_option("--threads", cfg.threads, "io_context threads; sessions are sharded over them")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 64u));
+
+    chat::add_duration_option(app, "--handshake-timeout", cfg.handshake_timeout,
+                              "Close a connection that has not sent HELLO by then");
+    chat::add_duration_option(app, "--heartbeat-interval", cfg.heartbeat_interval,
+                              "Announced to clients; the server PINGs a client it sent nothing to for this long");
+    chat::add_duration_option(app, "--heartbeat-timeout", cfg.heartbeat_timeout,
+                              "Expire a session that sent nothing for this long (min 50ms)");
+    chat::add_duration_option(app, "--write-timeout", cfg.write_timeout,
+                              "Disconnect a client whose socket write takes longer (slow consumer)");
+    chat::add_duration_option(app, "--drain-timeout", cfg.drain_timeout,
+                              "On SIGINT/SIGTERM, how long to flush queues before closing anyway");
+    std::string keepalive;
+    app.add_option("--tcp-keepalive", keepalive,
+                   "IDLE,INTERVAL,COUNT in seconds: turn on kernel TCP keepalive (TCP_KEEPIDLE, TCP_KEEPINTVL, "
+                   "TCP_KEEPCNT); off by default")
+        ->type_name("I,N,C");
+    std::optional<chat::Duration> user_timeout;
+    app.add_option_function<std::string>(
+           "--tcp-user-timeout",
+           [&](const std::string& v) {
+               auto d = chat::parse_duration(v);
+               if (!d) throw CLI::ValidationError("--tcp-user-timeout", "'" + v + "' is not a duration");
+               user_timeout = *d;
+           },
+           "TCP_USER_TIMEOUT: fail a connection whose sent data stays unacknowledged this long; off by default")
+        ->type_name("DURATION");
+
+    app.add_option("--history", cfg.history, "Messages kept per room and replayed on JOIN")->capture_default_str();
+    chat::add_size_option(app, "--queue-limit", cfg.queue_limit,
+                          "Per-session write queue bound; a client over it is a slow consumer");
+    std::size_t max_frame = cfg.max_frame;
+    chat::add_size_option(app, "--max-frame", max_frame, "Largest frame payload accepted (1KiB..16MiB)");
+    app.add_option("--rate", cfg.rate, "Messages per second per session (token bucket); 0 = unlimited")
+        ->capture_default_str();
+    app.add_option("--burst", cfg.burst, "Token bucket size: messages a session may send at once")
+        ->capture_default_str();
+    app.add_option("--rate-strikes", cfg.rate_strikes,
+                   "Refused messages in a row after which a flooding session is disconnected")
+        ->capture_default_str();
+    app.add_option("--max-connections", cfg.max_connections, "Connections the server holds at most")
+        ->capture_default_str();
+    app.add_option("--max-per-ip", cfg.max_per_ip, "Connections from one address at most; 0 = unlimited")
+        ->capture_default_str();
+    app.add_option("--max-rooms-per-session", cfg.max_rooms_per_session, "Rooms one session may be in at once")
+        ->capture_default_str();
+    app.add_option("--log-level", cfg.log_level,
+                   "trace, debug, info, warn, error, critical or off (overrides SPDLOG_LEVEL)")
+        ->capture_default_str();
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e);
+    }
+    cfg.max_frame = static_cast<std::uint32_t>(std::min<std::size_t>(max_frame, 0xFFFFFFFFu));
+    if (!keepalive.empty()) {
+        cfg.tcp_keepalive = chat::parse_tcp_keepalive(keepalive);
+        if (!cfg.tcp_keepalive) {
+            std::cerr << "chat_server: --tcp-keepalive wants IDLE,INTERVAL,COUNT (positive seconds), e.g. 10,5,3\n";
+            return 2;
+        }
+    }
+    cfg.tcp_user_timeout = user_timeout;
+    if (auto problem = chat::validate(cfg); !problem.empty()) {
+        std::cerr << "chat_server: " << problem << "\n";
+        return 2;
+    }
+    // An explicit --log-level wins over SPDLOG_LEVEL; the default does not.
+    const bool level_given = app.count("--log-level") > 0;
+    if (auto problem = chat::init_logging(level_given ? cfg.log_level : std::string{}); !problem.empty()) {
+        std::cerr << "chat_server: " << problem << "\n";
+        return 2;
+    }
+
+    try {
+        chat::Server server(cfg);
+        const auto endpoints = server.listen();
+        for (const auto& ep : endpoints)
+            std::cout << "listening on " << ep.address().to_string() << ":" << ep.port() << std::endl;
+        server.run();
+    } catch (const std::system_error& e) {
+        std::cerr << "chat_server: cannot listen on " << cfg.bind << ":" << cfg.port << ": " << e.code().message()
+                  << "\n";
+        return 1;
+    } catch (const std::exception& e) {
+        std::cerr << "chat_server: " << e.what() << "\n";
+        return 1;
+    }
+    return 0;
+}
