@@ -111,6 +111,9 @@ public:
         nick_ = nick;
         logged_in_ = true;
         rx_deadline_ = Clock::now() + env_.config.heartbeat_timeout;
+        // The watchdog slept towards the handshake deadline; the heartbeat
+        // deadline and the PING schedule may come sooner.
+        watchdog_.cancel();
         env_.log->info("session {} {}: logged in as '{}'", id_, peer_, nick_);
         Welcome welcome;
         welcome.session_id = id_;
