@@ -149,6 +149,8 @@ asio::awaitable<void> Server::accept_loop(asio::ip::tcp::acceptor& acceptor) {
 void Server::apply_socket_options(asio::ip::tcp::socket& socket) {
     asio::error_code ec;
     socket.set_option(asio::ip::tcp::no_delay(true), ec);
+    // The session reads with non-blocking read_some after a readiness wait.
+    socket.non_blocking(true, ec);
     const int fd = socket.native_handle();
     if (config_.tcp_keepalive) {
         const int on = 1;

@@ -6,10 +6,13 @@
 // heartbeat expiry, the write timeout and the drain of a closing session.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
+#include <type_traits>
 #include <string>
 #include <vector>
 
@@ -35,6 +38,9 @@ struct SessionEnv {
     std::string server_version;
     // Called once on the session's own shard when all its coroutines ended.
     std::function<void(std::uint64_t id)> on_finished;
+    // The most bytes one session has held for its peer at once (queued and in
+    // flight): the figure --queue-limit bounds. For tests and metrics.
+    std::atomic<std::size_t> peak_queued_bytes{0};
 };
 
 // The transport-independent face of a session, for the server's registries.
@@ -102,6 +108,7 @@ public:
             return;
         }
         queued_bytes_ += frame->size();
+        note_peak();
         queue_.push_back(frame);
         wake_writer();
     }
@@ -155,13 +162,39 @@ private:
 
     // --- the three coroutines ---
 
+    // Plain sockets (TCP, Unix) can be waited on for readability, so an idle
+    // session holds no read buffer at all: bytes are read into one scratch
+    // buffer per thread and only an incomplete frame's tail stays with the
+    // session. Streams with buffers of their own (TLS) read the usual way.
+    static constexpr bool waits_for_readiness =
+        std::is_same_v<Stream, asio::ip::tcp::socket> || std::is_same_v<Stream, asio::local::stream_protocol::socket>;
+
+    static std::span<std::uint8_t> read_scratch() {
+        static thread_local std::vector<std::uint8_t> scratch(64 * 1024);
+        return scratch;
+    }
+
     asio::awaitable<void> reader() {
         using asio::experimental::as_tuple;
         Message message;
         while (!stopped_) {
-            auto space = decoder_.prepare(16 * 1024);
-            auto [ec, n] = co_await stream_.async_read_some(asio::buffer(space.data(), space.size()),
-                                                            as_tuple(asio::use_awaitable));
+            asio::error_code ec;
+            if constexpr (waits_for_readiness) {
+                auto [wait_ec] = co_await stream_.async_wait(asio::socket_base::wait_read, as_tuple(asio::use_awaitable));
+                ec = wait_ec;
+                if (!ec) {
+                    auto scratch = read_scratch();
+                    const std::size_t n = stream_.read_some(asio::buffer(scratch.data(), scratch.size()), ec);
+                    if (ec == asio::error::would_block || ec == asio::error::try_again) continue;
+                    if (!ec) decoder_.feed(scratch.first(n));
+                }
+            } else {
+                auto space = decoder_.prepare(16 * 1024);
+                auto [read_ec, n] = co_await stream_.async_read_some(asio::buffer(space.data(), space.size()),
+                                                                     as_tuple(asio::use_awaitable));
+                ec = read_ec;
+                if (!ec) decoder_.commit(n);
+            }
             if (ec) {
                 if (ec == asio::error::eof)
                     stop(PresenceEvent::disconnected, "connection closed by peer");
@@ -171,7 +204,6 @@ private:
                     stop(PresenceEvent::disconnected, "read cancelled");
                 break;
             }
-            decoder_.commit(n);
             if (closing_) {
                 // Draining: what the peer sends now is read and dropped.
                 decoder_ = Decoder(env_.config.max_frame);
@@ -187,6 +219,10 @@ private:
                 }
                 handle(message);
                 if (closing_ || stopped_) break;
+            }
+            if constexpr (waits_for_readiness) {
+                // Nothing half-read: give the buffer back (an idle session keeps none).
+                if (decoder_.buffered() == 0 && !closing_) decoder_ = Decoder(env_.config.max_frame);
             }
         }
     }
@@ -450,6 +486,13 @@ private:
 
     void send_error(ErrorCode code, std::string reason) {
         send_control(make_frame(Error{code, std::move(reason), false}));
+    }
+
+    void note_peak() {
+        auto& peak = env_.peak_queued_bytes;
+        auto seen = peak.load(std::memory_order_relaxed);
+        while (queued_bytes_ > seen && !peak.compare_exchange_weak(seen, queued_bytes_, std::memory_order_relaxed)) {
+        }
     }
 
     void send_control(SharedFrame frame) {
