@@ -79,7 +79,7 @@ void Server::run(bool handle_signals) {
         });
     }
     log_->info("pulsechat {} on {} thread(s); handshake timeout {}, heartbeat interval {}, timeout {}: a dead "
-               "peer is noticed within {} (TCP keepalive alone, with Linux defaults: 7885s)",
+               "peer is noticed within {} (TCP keepalive alone, with Linux defaults: 7875s)",
                PULSECHAT_VERSION, shards_.size(), format_duration(config_.handshake_timeout),
                format_duration(config_.heartbeat_interval), format_duration(config_.heartbeat_timeout),
                format_duration(config_.worst_case_detection()));
