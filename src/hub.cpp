@@ -44,6 +44,21 @@ void Hub::send_error(const SessionRecord& to, ErrorCode code, std::string reason
 }
 
 namespace {
+
+// Lists are cut so that a frame fits the announced size bound; the room's
+// full membership is still there, a client sees the first ones.
+constexpr std::size_t list_budget_slack = 512;  // room name, counts and other fields
+
+void fit_names(std::vector<std::string>& names, std::size_t budget) {
+    std::size_t used = 0;
+    std::size_t keep = 0;
+    for (; keep < names.size() && keep < 0xFFFF; ++keep) {
+        used += 2 + names[keep].size();
+        if (used > budget) break;
+    }
+    names.resize(keep);
+}
+
 template <class F>
 void on_shard(ShardPoster& poster, const std::shared_ptr<Participant>& p, F&& f) {
     if (p->shard() == poster.current_shard())
@@ -112,6 +127,7 @@ void Hub::join(std::uint64_t id, const Join& join) {
     joined.epoch_changed = replay.epoch_changed;
     joined.members = room.nicks();
     joined.members.push_back(record->nick);
+    fit_names(joined.members, limits_.max_frame - list_budget_slack);
 
     // Presence first to the others, then the joiner's own view: both are
     // ordered before any message published after this join.
@@ -206,8 +222,12 @@ void Hub::list(std::uint64_t id) {
     if (record == nullptr) return;
     Rooms rooms;
     rooms.rooms.reserve(rooms_.size());
-    for (const auto& [name, room] : rooms_)
+    std::size_t used = 0;
+    for (const auto& [name, room] : rooms_) {
+        used += 2 + name.size() + 4;
+        if (used > limits_.max_frame - list_budget_slack || rooms.rooms.size() == 0xFFFF) break;
         rooms.rooms.push_back(RoomInfo{name, static_cast<std::uint32_t>(room->size())});
+    }
     send(*record, rooms);
 }
 
@@ -219,7 +239,9 @@ void Hub::who(std::uint64_t id, std::string_view name) {
         send_error(*record, ErrorCode::invalid_room, fmt::format("no room called '{}'", name));
         return;
     }
-    send(*record, Members{std::string(name), it->second->nicks()});
+    Members members{std::string(name), it->second->nicks()};
+    fit_names(members.nicks, limits_.max_frame - list_budget_slack);
+    send(*record, members);
 }
 
 void Hub::disconnect(std::uint64_t id, PresenceEvent event, std::string_view detail) {

@@ -35,7 +35,7 @@ Server::Server(ServerConfig config)
       hub_context_(*shards_[0]),
       log_(server_log()),
       broker_(config_.history),
-      hub_(broker_, *this, shards_.size(), HubLimits{config_.max_rooms_per_session}),
+      hub_(broker_, *this, shards_.size(), HubLimits{config_.max_rooms_per_session, config_.max_frame}),
       env_{config_, hub_, hub_context_.get_executor(), log_, PULSECHAT_VERSION, {}},
       signals_(hub_context_),
       drain_timer_(hub_context_),

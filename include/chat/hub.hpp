@@ -20,6 +20,8 @@ namespace chat {
 
 struct HubLimits {
     std::size_t max_rooms_per_session = 64;
+    // Lists (JOINED members, MEMBERS, ROOMS) are cut to keep a payload within this.
+    std::uint32_t max_frame = default_max_frame;
 };
 
 class Hub {

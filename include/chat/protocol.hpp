@@ -70,7 +70,7 @@ enum class ErrorCode : std::uint16_t {
     nick_taken = 10,          // nickname held by another session
     auth_failed = 11,         // missing or wrong access token
     invalid_room = 12,        // room name breaks the rules
-    not_in_room = 13,         // SAY/LEAVE/WHO for a room the session has not joined
+    not_in_room = 13,         // SAY/LEAVE for a room the session has not joined
     too_many_rooms = 14,      // over --max-rooms-per-session
     no_such_nick = 15,        // WHISPER to a nick nobody holds
     invalid_text = 16,        // empty text, or control characters

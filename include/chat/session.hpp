@@ -102,11 +102,7 @@ public:
 
     void deliver(const SharedFrame& frame) override {
         if (stopped_ || closing_) return;
-        if (queued_bytes_ + frame->size() > env_.config.queue_limit) {
-            slow_consumer(fmt::format("write queue over {} ({} bytes queued)", format_size(env_.config.queue_limit),
-                                      queued_bytes_));
-            return;
-        }
+        if (!has_room_for(*frame)) return;
         queued_bytes_ += frame->size();
         note_peak();
         queue_.push_back(frame);
@@ -151,7 +147,12 @@ public:
 
     void shutdown(const std::string& reason) override {
         if (stopped_ || closing_) return;
-        send_control(make_frame(Bye{reason}));
+        // Unlike the other control frames, BYE waits behind the room traffic
+        // already queued: a shutdown delivers what was queued, then says BYE.
+        auto bye = make_frame(Bye{reason});
+        queued_bytes_ += bye->size();
+        note_peak();
+        queue_.push_back(std::move(bye));
         begin_close(PresenceEvent::disconnected, reason);
     }
 
@@ -194,6 +195,14 @@ private:
                                                                      as_tuple(asio::use_awaitable));
                 ec = read_ec;
                 if (!ec) decoder_.commit(n);
+            }
+            if (ec == asio::error::eof && (closing_ || decoder_.buffered() > 0)) {
+                // The peer half-closed: while closing, or in the middle of a
+                // frame (which earns an ERROR), the writer still gets to send
+                // what is queued, then closes; the watchdog bounds the wait.
+                if (!closing_)
+                    protocol_violation(ErrorCode::malformed_frame, "connection closed in the middle of a frame");
+                break;
             }
             if (ec) {
                 if (ec == asio::error::eof)
@@ -249,21 +258,23 @@ private:
             // Control frames (WELCOME, PING, PONG, ERROR, BYE) go ahead of
             // room traffic, so a full queue never starves a heartbeat. Every
             // frame queued at this moment goes out in one gather write.
-            std::size_t room_bytes = 0;
             in_flight.swap(control_);
-            for (auto& f : queue_) room_bytes += f->size();
             in_flight.insert(in_flight.end(), std::make_move_iterator(queue_.begin()),
                              std::make_move_iterator(queue_.end()));
             queue_.clear();
             buffers.clear();
             for (const auto& f : in_flight) buffers.emplace_back(f->data(), f->size());
 
+            // Everything waiting is now in flight and still held: it counts
+            // against the queue limit until the write is done.
+            in_flight_bytes_ = queued_bytes_;
+            queued_bytes_ = 0;
             writing_ = true;
             write_started_ = Clock::now();
             auto [ec, n] = co_await asio::async_write(stream_, buffers, as_tuple(asio::use_awaitable));
             writing_ = false;
             last_tx_ = Clock::now();
-            queued_bytes_ = queued_bytes_ >= room_bytes ? queued_bytes_ - room_bytes : 0;
+            in_flight_bytes_ = 0;
             in_flight.clear();
             if (ec) {
                 if (!stopped_) stop(PresenceEvent::disconnected, "write failed: " + ec.message());
@@ -289,7 +300,7 @@ private:
                     // The peer is presumably dead: its rooms hear of it now; the
                     // ERROR gets a short grace to go out, no more.
                     leave_hub(PresenceEvent::timed_out, "heartbeat timeout");
-                    queue_.clear();
+                    drop_queued();
                     send_control(make_frame(Error{ErrorCode::heartbeat_timeout,
                                                   "nothing received for " + format_duration(cfg.heartbeat_timeout),
                                                   true}));
@@ -309,10 +320,11 @@ private:
                 send_control(make_frame(Ping{++ping_nonce_}));
                 last_tx_ = now;  // a PING counts as sending; the next one waits an interval
             }
-            auto next = rx_deadline_;
-            if (logged_in_) next = std::min(next, last_tx_ + cfg.heartbeat_interval);
-            if (writing_) next = std::min(next, write_started_ + cfg.write_timeout);
-            if (closing_) next = std::min(next, close_deadline_);
+            // While closing only the drain deadline counts: the others may
+            // already have passed and would wake this loop without end.
+            auto next = closing_ ? close_deadline_ : rx_deadline_;
+            if (!closing_ && logged_in_) next = std::min(next, last_tx_ + cfg.heartbeat_interval);
+            if (!closing_ && writing_) next = std::min(next, write_started_ + cfg.write_timeout);
             watchdog_.expires_at(next);
             co_await watchdog_.async_wait(as_tuple(asio::use_awaitable));
         }
@@ -330,7 +342,7 @@ private:
             }
             return;
         }
-        std::visit([this](auto& m) { on(m); }, message);
+        std::visit([this](auto& m) { this->on(m); }, message);
     }
 
     void on_hello(Hello& hello) {
@@ -417,7 +429,11 @@ private:
 
     void on(Heartbeat&) {}  // the read itself pushed the deadline forward
     void on(Pong&) {}
-    void on(Ping& ping) { send_control(make_frame(Pong{ping.nonce})); }
+    void on(Ping& ping) {
+        // A peer that PINGs but never reads would otherwise pile up PONGs.
+        auto pong = make_frame(Pong{ping.nonce});
+        if (has_room_for(*pong)) send_control(std::move(pong));
+    }
 
     void on(Bye& bye) {
         env_.log->info("session {} {} '{}': said BYE: {}", id_, peer_, nick_, bye.reason);
@@ -478,24 +494,46 @@ private:
             return;
         }
         leave_hub(PresenceEvent::disconnected, "slow consumer");
-        queue_.clear();
-        queued_bytes_ = 0;
+        drop_queued();
         send_control(make_frame(Error{ErrorCode::slow_consumer, why, true}));
         begin_close(PresenceEvent::disconnected, "slow consumer: " + why, short_grace());
     }
 
+    // Frames not yet handed to a write; the one in flight cannot be taken back.
+    void drop_queued() {
+        control_.clear();
+        queue_.clear();
+        queued_bytes_ = 0;
+    }
+
     void send_error(ErrorCode code, std::string reason) {
-        send_control(make_frame(Error{code, std::move(reason), false}));
+        auto error = make_frame(Error{code, std::move(reason), false});
+        if (has_room_for(*error)) send_control(std::move(error));
+    }
+
+    // True when `frame` fits under --queue-limit with everything held for the
+    // peer (waiting and in flight); otherwise the session is a slow consumer.
+    bool has_room_for(const std::string& frame) {
+        if (queued_bytes_ + in_flight_bytes_ + frame.size() <= env_.config.queue_limit) return true;
+        slow_consumer(fmt::format("write queue over {} ({} bytes held)", format_size(env_.config.queue_limit),
+                                  queued_bytes_ + in_flight_bytes_));
+        return false;
     }
 
     void note_peak() {
+        const std::size_t held = queued_bytes_ + in_flight_bytes_;
         auto& peak = env_.peak_queued_bytes;
         auto seen = peak.load(std::memory_order_relaxed);
-        while (queued_bytes_ > seen && !peak.compare_exchange_weak(seen, queued_bytes_, std::memory_order_relaxed)) {
+        while (held > seen && !peak.compare_exchange_weak(seen, held, std::memory_order_relaxed)) {
         }
     }
 
+    // Control frames jump the queue but count against its limit like the rest;
+    // the callers that could repeat without bound (PONG, non-fatal ERROR) check
+    // has_room_for() first.
     void send_control(SharedFrame frame) {
+        queued_bytes_ += frame->size();
+        note_peak();
         control_.push_back(std::move(frame));
         wake_writer();
     }
@@ -568,7 +606,8 @@ private:
 
     std::vector<SharedFrame> control_;
     std::vector<SharedFrame> queue_;
-    std::size_t queued_bytes_ = 0;
+    std::size_t queued_bytes_ = 0;     // waiting in control_ and queue_
+    std::size_t in_flight_bytes_ = 0;  // handed to the write in progress
 
     Clock::time_point rx_deadline_{};
     Clock::time_point last_tx_{};
