@@ -16,6 +16,11 @@
 #include <string>
 #include <vector>
 
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <cerrno>
+
 #include <asio.hpp>
 #include <asio/experimental/as_tuple.hpp>
 #include <asio/experimental/awaitable_operators.hpp>
@@ -170,6 +175,9 @@ private:
     static constexpr bool waits_for_readiness =
         std::is_same_v<Stream, asio::ip::tcp::socket> || std::is_same_v<Stream, asio::local::stream_protocol::socket>;
 
+    // Linux's IOV_MAX: frames per sendmsg (asio's own gather stops at 64).
+    static constexpr std::size_t max_iov = 1024;
+
     static std::span<std::uint8_t> read_scratch() {
         static thread_local std::vector<std::uint8_t> scratch(64 * 1024);
         return scratch;
@@ -240,6 +248,7 @@ private:
         using asio::experimental::as_tuple;
         std::vector<SharedFrame> in_flight;
         std::vector<asio::const_buffer> buffers;
+        std::vector<iovec> iov;
         while (!stopped_) {
             if (control_.empty() && queue_.empty()) {
                 if (closing_) {
@@ -262,8 +271,6 @@ private:
             in_flight.insert(in_flight.end(), std::make_move_iterator(queue_.begin()),
                              std::make_move_iterator(queue_.end()));
             queue_.clear();
-            buffers.clear();
-            for (const auto& f : in_flight) buffers.emplace_back(f->data(), f->size());
 
             // Everything waiting is now in flight and still held: it counts
             // against the queue limit until the write is done.
@@ -271,7 +278,57 @@ private:
             queued_bytes_ = 0;
             writing_ = true;
             write_started_ = Clock::now();
-            auto [ec, n] = co_await asio::async_write(stream_, buffers, as_tuple(asio::use_awaitable));
+            asio::error_code ec;
+            if constexpr (waits_for_readiness) {
+                // Straight to the kernel: up to max_iov frames per sendmsg, the
+                // rest of a partially written batch after it, and a wait for
+                // writability only when the socket buffer is full.
+                std::size_t index = 0;
+                std::size_t offset = 0;
+                while (index < in_flight.size()) {
+                    iov.clear();
+                    for (std::size_t i = index; i < in_flight.size() && iov.size() < max_iov; ++i) {
+                        const std::string& f = *in_flight[i];
+                        const std::size_t skip = i == index ? offset : 0;
+                        iov.push_back(iovec{const_cast<char*>(f.data()) + skip, f.size() - skip});
+                    }
+                    msghdr msg{};
+                    msg.msg_iov = iov.data();
+                    msg.msg_iovlen = iov.size();
+                    // MSG_NOSIGNAL: a peer that has gone is EPIPE here, never SIGPIPE.
+                    const ssize_t sent = ::sendmsg(stream_.native_handle(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+                    if (sent < 0) {
+                        if (errno == EINTR) continue;
+                        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                            auto [wait_ec] = co_await stream_.async_wait(asio::socket_base::wait_write,
+                                                                         as_tuple(asio::use_awaitable));
+                            if (wait_ec) {
+                                ec = wait_ec;
+                                break;
+                            }
+                            continue;
+                        }
+                        ec = asio::error_code(errno, asio::error::get_system_category());
+                        break;
+                    }
+                    for (auto left = static_cast<std::size_t>(sent); left > 0;) {
+                        const std::size_t rest = in_flight[index]->size() - offset;
+                        if (left >= rest) {
+                            left -= rest;
+                            ++index;
+                            offset = 0;
+                        } else {
+                            offset += left;
+                            left = 0;
+                        }
+                    }
+                }
+            } else {
+                buffers.clear();
+                for (const auto& f : in_flight) buffers.emplace_back(f->data(), f->size());
+                auto [write_ec, n] = co_await asio::async_write(stream_, buffers, as_tuple(asio::use_awaitable));
+                ec = write_ec;
+            }
             writing_ = false;
             last_tx_ = Clock::now();
             in_flight_bytes_ = 0;
