@@ -116,6 +116,15 @@ std::string validate(const ServerConfig& c) {
     if (c.max_connections < 1) return "--max-connections must be at least 1";
     if (c.max_rooms_per_session < 1) return "--max-rooms-per-session must be at least 1";
     if (c.tcp_user_timeout && c.tcp_user_timeout->count() <= 0) return "--tcp-user-timeout must be positive";
+    if (c.tls_port && (c.tls_cert.empty() || c.tls_key.empty()))
+        return "--tls-port needs --tls-cert and --tls-key (PEM files)";
+    if (!c.tls_port && (!c.tls_cert.empty() || !c.tls_key.empty() || !c.tls_client_ca.empty()))
+        return "--tls-cert, --tls-key and --tls-client-ca need --tls-port";
+    if (c.unix_mode && *c.unix_mode > 07777) return "--unix-mode must be an octal mode such as 0660";
+    if (c.unix_path.size() > 107) return "--unix: a socket path has at most 107 bytes";
+    if (c.unix_path.empty() && (c.unix_mode || !c.unix_allow_uids.empty()))
+        return "--unix-mode and --unix-allow-uid need --unix";
+    if (c.auth_max_failures < 1) return "--auth-max-failures must be at least 1";
     return {};
 }
 

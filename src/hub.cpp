@@ -117,6 +117,19 @@ void Hub::join(std::uint64_t id, const Join& join) {
     }
     Room& room = *it->second;
     Replay replay = broker_.replay(join.room, join);
+    // Keep the newest messages that fit the replay budget; the older ones are
+    // reported as missed, like messages the history no longer holds.
+    std::size_t bytes = 0;
+    std::size_t keep = 0;
+    for (auto f = replay.frames.rbegin(); f != replay.frames.rend(); ++f, ++keep) {
+        bytes += (*f)->size();
+        if (bytes > limits_.replay_budget) break;
+    }
+    if (keep < replay.frames.size()) {
+        const std::size_t cut = replay.frames.size() - keep;
+        replay.frames.erase(replay.frames.begin(), replay.frames.begin() + static_cast<std::ptrdiff_t>(cut));
+        replay.missed += cut;
+    }
 
     Joined joined;
     joined.room = join.room;

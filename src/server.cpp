@@ -3,10 +3,16 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <iostream>
+#include <stdexcept>
 
 #include "chat/logging.hpp"
 #include "pulsechat_config.h"
@@ -22,6 +28,31 @@ std::string to_string(const asio::ip::tcp::endpoint& ep) {
     return address.to_string() + ":" + std::to_string(ep.port());
 }
 
+void log_loop_failure(const std::shared_ptr<spdlog::logger>& log, std::exception_ptr e) {
+    if (!e) return;
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+        log->error("accept loop failed: {}", ex.what());
+    }
+}
+
+// Whether a server listens on the Unix socket at `path`: only a refused
+// connection proves the file stale.
+bool unix_socket_in_use(const std::string& path) {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) throw std::system_error(errno, std::generic_category(), "socket");
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.c_str(), std::min(path.size(), sizeof addr.sun_path - 1));
+    const int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr);
+    const int error = errno;
+    ::close(fd);
+    if (rc == 0) return true;
+    if (error == ECONNREFUSED || error == ENOENT) return false;
+    throw std::runtime_error("cannot tell whether a server listens on '" + path + "': " + std::strerror(error));
+}
+
 }  // namespace
 
 Server::Server(ServerConfig config)
@@ -35,8 +66,9 @@ Server::Server(ServerConfig config)
       hub_context_(*shards_[0]),
       log_(server_log()),
       broker_(config_.history),
-      hub_(broker_, *this, shards_.size(), HubLimits{config_.max_rooms_per_session, config_.max_frame}),
+      hub_(broker_, *this, shards_.size(), HubLimits{config_.max_rooms_per_session, config_.max_frame, config_.queue_limit / 2}),
       env_{config_, hub_, hub_context_.get_executor(), log_, PULSECHAT_VERSION, {}},
+      access_(AuthLimits{config_.auth_max_failures, config_.auth_window, config_.auth_lockout}),
       signals_(hub_context_),
       drain_timer_(hub_context_),
       live_(shards_.size()) {
@@ -46,7 +78,7 @@ Server::Server(ServerConfig config)
     std::signal(SIGPIPE, SIG_IGN);
 }
 
-Server::~Server() = default;
+Server::~Server() { remove_unix_socket(); }
 
 std::size_t Server::current_shard() const noexcept { return this_shard; }
 
@@ -61,23 +93,144 @@ std::vector<asio::ip::tcp::endpoint> Server::listen() {
     acceptor.bind(endpoint);
     acceptor.listen(asio::socket_base::max_listen_connections);
     acceptors_.push_back(std::move(acceptor));
+
+    if (!config_.token_file.empty()) {
+        if (auto problem = access_.load(config_.token_file); !problem.empty()) throw std::runtime_error(problem);
+        env_.access = &access_;
+    }
+    if (config_.tls_port) {
+#if PULSECHAT_HAVE_OPENSSL
+        tls_ = std::make_unique<TlsServerContext>(
+            TlsServerFiles{config_.tls_cert, config_.tls_key, config_.tls_client_ca});
+        const asio::ip::tcp::endpoint tls_endpoint(address, *config_.tls_port);
+        try {
+            asio::ip::tcp::acceptor tls(hub_context_);
+            tls.open(tls_endpoint.protocol());
+            tls.set_option(asio::socket_base::reuse_address(true));
+            tls.bind(tls_endpoint);
+            tls.listen(asio::socket_base::max_listen_connections);
+            tls_acceptor_.emplace(std::move(tls));
+        } catch (const std::system_error& e) {
+            throw std::runtime_error("cannot listen on " + to_string(tls_endpoint) + " (tls): " + e.code().message());
+        }
+#else
+        throw std::runtime_error("--tls-port: this chat_server was built without TLS (meson option tls)");
+#endif
+    }
+    if (!config_.unix_path.empty()) listen_unix();
+
     std::vector<asio::ip::tcp::endpoint> bound;
     for (auto& a : acceptors_) bound.push_back(a.local_endpoint());
     return bound;
 }
 
+std::optional<asio::ip::tcp::endpoint> Server::tls_endpoint() const {
+    if (!tls_acceptor_) return std::nullopt;
+    return tls_acceptor_->local_endpoint();
+}
+
+void Server::listen_unix() {
+    const std::string& path = config_.unix_path;
+    const auto fail = [&](const std::string& why) {
+        return std::runtime_error("cannot listen on unix socket '" + path + "': " + why);
+    };
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) == 0) {
+        // Replace only what is surely a leftover: a socket nobody listens on.
+        if (!S_ISSOCK(st.st_mode)) throw fail("the file exists and is not a socket; not touching it");
+        if (unix_socket_in_use(path)) throw fail("another server is listening on it");
+        if (::unlink(path.c_str()) != 0 && errno != ENOENT) throw fail(std::string("removing the stale socket: ") +
+                                                                        std::strerror(errno));
+        log_->info("removed stale socket file {}", path);
+    } else if (errno != ENOENT) {
+        throw fail(std::strerror(errno));
+    }
+    asio::local::stream_protocol::acceptor acceptor(hub_context_);
+    try {
+        acceptor.open();
+        // The file is made with the umask applied: with the mask below it is
+        // never more open than --unix-mode, not even between bind and chmod.
+        // Start-up runs before any shard thread, so the process-wide umask is
+        // changed for no one else.
+        const mode_t mask = config_.unix_mode ? ::umask(static_cast<mode_t>(~*config_.unix_mode & 0777)) : 0;
+        asio::error_code ec;
+        acceptor.bind(asio::local::stream_protocol::endpoint(path), ec);
+        if (config_.unix_mode) ::umask(mask);
+        if (ec) throw std::system_error(ec);
+        if (config_.unix_mode && ::chmod(path.c_str(), static_cast<mode_t>(*config_.unix_mode)) != 0)
+            throw std::system_error(errno, std::generic_category(), "chmod");
+        acceptor.listen(asio::socket_base::max_listen_connections);
+    } catch (const std::system_error& e) {
+        throw fail(e.code().message());
+    }
+    if (::stat(path.c_str(), &st) == 0) unix_socket_file_.emplace(st.st_dev, st.st_ino);
+    unix_acceptor_.emplace(std::move(acceptor));
+}
+
+void Server::remove_unix_socket() {
+    if (!unix_socket_file_) return;
+    struct stat st {};
+    // Another server may have replaced the file since: then it is not ours to remove.
+    if (::lstat(config_.unix_path.c_str(), &st) == 0 && st.st_dev == unix_socket_file_->first &&
+        st.st_ino == unix_socket_file_->second)
+        ::unlink(config_.unix_path.c_str());
+    unix_socket_file_.reset();
+}
+
+void Server::close_listeners() {
+    asio::error_code ignored;
+    for (auto& acceptor : acceptors_) acceptor.close(ignored);
+    if (tls_acceptor_) tls_acceptor_->close(ignored);
+    if (unix_acceptor_) unix_acceptor_->close(ignored);
+}
+
+void Server::reload() {
+    asio::post(hub_context_, [this] { do_reload(); });
+}
+
+void Server::do_reload() {
+    bool any = false;
+#if PULSECHAT_HAVE_OPENSSL
+    if (tls_) {
+        any = true;
+        if (auto problem = tls_->reload(); !problem.empty())
+            log_->error("reload: keeping the TLS certificate in use: {}", problem);
+        else
+            log_->info("reload: TLS certificate '{}' and key '{}' loaded; new connections use them",
+                       tls_->files().cert, tls_->files().key);
+    }
+#endif
+    if (!config_.token_file.empty()) {
+        any = true;
+        if (auto problem = access_.load(config_.token_file); !problem.empty())
+            log_->error("reload: keeping the access tokens in use: {}", problem);
+        else
+            log_->info("reload: {} access token(s) loaded from '{}'", access_.token_count(), config_.token_file);
+    }
+    if (!any) log_->info("reload: no certificate or token file to reload");
+    ++reloads_;
+}
+
 void Server::run(bool handle_signals) {
     for (auto& acceptor : acceptors_) {
         log_->info("listening on {}", to_string(acceptor.local_endpoint()));
-        asio::co_spawn(hub_context_, accept_loop(acceptor), [log = log_](std::exception_ptr e) {
-            if (!e) return;
-            try {
-                std::rethrow_exception(e);
-            } catch (const std::exception& ex) {
-                log->error("accept loop failed: {}", ex.what());
-            }
-        });
+        asio::co_spawn(hub_context_, accept_loop(acceptor, false),
+                       [log = log_](std::exception_ptr e) { log_loop_failure(log, e); });
     }
+    if (tls_acceptor_) {
+        log_->info("listening on {} (tls{})", to_string(tls_acceptor_->local_endpoint()),
+                   config_.tls_client_ca.empty() ? "" : ", client certificates required");
+        asio::co_spawn(hub_context_, accept_loop(*tls_acceptor_, true),
+                       [log = log_](std::exception_ptr e) { log_loop_failure(log, e); });
+    }
+    if (unix_acceptor_) {
+        log_->info("listening on unix:{}{}", config_.unix_path,
+                   config_.unix_allow_uids.empty() ? "" : fmt::format(" (uids {})", fmt::join(config_.unix_allow_uids, ", ")));
+        asio::co_spawn(hub_context_, accept_unix_loop(),
+                       [log = log_](std::exception_ptr e) { log_loop_failure(log, e); });
+    }
+    if (env_.access != nullptr)
+        log_->info("access tokens required: {} loaded from '{}'", access_.token_count(), config_.token_file);
     log_->info("pulsechat {} on {} thread(s); handshake timeout {}, heartbeat interval {}, timeout {}: a dead "
                "peer is noticed within {} (TCP keepalive alone, with Linux defaults: 7875s)",
                PULSECHAT_VERSION, shards_.size(), format_duration(config_.handshake_timeout),
@@ -91,11 +244,7 @@ void Server::run(bool handle_signals) {
         log_->info("TCP_USER_TIMEOUT {}: unacknowledged data fails the connection after that",
                    format_duration(*config_.tcp_user_timeout));
 
-    if (handle_signals) {
-        signals_.add(SIGINT);
-        signals_.add(SIGTERM);
-        wait_for_signal();
-    }
+    if (handle_signals) catch_signals();
     std::vector<std::thread> threads;
     for (std::size_t i = 1; i < shards_.size(); ++i)
         threads.emplace_back([this, i] {
@@ -109,17 +258,34 @@ void Server::run(bool handle_signals) {
     log_->flush();
 }
 
+void Server::catch_signals() {
+    if (signals_caught_) return;
+    signals_caught_ = true;
+    signals_.add(SIGINT);
+    signals_.add(SIGTERM);
+    signals_.add(SIGHUP);
+    wait_for_signal();
+}
+
 void Server::wait_for_signal() {
     signals_.async_wait([this](const asio::error_code& ec, int signo) {
         if (ec) return;
+        if (signo == SIGHUP) {
+            log_->info("signal {}: reloading certificate, key and token file", signo);
+            do_reload();
+            wait_for_signal();
+            return;
+        }
         if (++signals_seen_ > 1) {
             log_->warn("second signal ({}): exiting at once", signo);
             log_->flush();
             std::_Exit(1);
         }
         log_->info("signal {}: shutting down (a second signal exits at once)", signo);
-        begin_shutdown("server shutting down");
+        // Wait for the second signal first: with no session open the shutdown
+        // finishes at once, and finish() must find this wait to cancel it.
         wait_for_signal();
+        begin_shutdown("server shutting down");
     });
 }
 
@@ -127,7 +293,7 @@ void Server::request_shutdown(const std::string& reason) {
     asio::post(hub_context_, [this, reason] { begin_shutdown(reason); });
 }
 
-asio::awaitable<void> Server::accept_loop(asio::ip::tcp::acceptor& acceptor) {
+asio::awaitable<void> Server::accept_loop(asio::ip::tcp::acceptor& acceptor, bool tls) {
     using asio::experimental::as_tuple;
     for (;;) {
         const std::size_t shard = next_shard_;
@@ -142,7 +308,25 @@ asio::awaitable<void> Server::accept_loop(asio::ip::tcp::acceptor& acceptor) {
             co_await pause.async_wait(as_tuple(asio::use_awaitable));
             continue;
         }
-        start_session(std::move(socket), shard);
+        start_session(std::move(socket), shard, tls);
+    }
+}
+
+asio::awaitable<void> Server::accept_unix_loop() {
+    using asio::experimental::as_tuple;
+    for (;;) {
+        const std::size_t shard = next_shard_;
+        next_shard_ = (next_shard_ + 1) % shards_.size();
+        asio::local::stream_protocol::socket socket(*shards_[shard]);
+        auto [ec] = co_await unix_acceptor_->async_accept(socket, as_tuple(asio::use_awaitable));
+        if (ec) {
+            if (ec == asio::error::operation_aborted || !unix_acceptor_->is_open()) co_return;
+            log_->error("accept failed on unix:{}: {}", config_.unix_path, ec.message());
+            asio::steady_timer pause(hub_context_, std::chrono::milliseconds(100));
+            co_await pause.async_wait(as_tuple(asio::use_awaitable));
+            continue;
+        }
+        start_unix_session(std::move(socket), shard);
     }
 }
 
@@ -165,18 +349,60 @@ void Server::apply_socket_options(asio::ip::tcp::socket& socket) {
     }
 }
 
-void Server::start_session(asio::ip::tcp::socket socket, std::size_t shard) {
+void Server::start_session(asio::ip::tcp::socket socket, std::size_t shard, bool tls) {
     asio::error_code ec;
     const auto remote = socket.remote_endpoint(ec);
     if (ec) return;  // reset before we looked: nothing to serve
     const std::string peer = to_string(remote);
     const std::string address = remote.address().to_string();
     apply_socket_options(socket);
+#if PULSECHAT_HAVE_OPENSSL
+    if (tls) {
+        // The session keeps the context it started with: a reload does not
+        // pull it from under an open connection.
+        auto context = tls_->current();
+        launch(TlsStream(std::move(socket), *context), shard, peer, address, std::nullopt, context, "tls");
+        return;
+    }
+#else
+    (void)tls;
+#endif
+    launch(std::move(socket), shard, peer, address, std::nullopt, nullptr, "tcp");
+}
 
-    const std::uint64_t id = next_session_id_++;
+void Server::start_unix_session(asio::local::stream_protocol::socket socket, std::size_t shard) {
+    ucred peer_cred{};
+    socklen_t length = sizeof peer_cred;
     std::optional<std::pair<ErrorCode, std::string>> rejection;
+    std::string peer;
+    std::string address;
+    if (::getsockopt(socket.native_handle(), SOL_SOCKET, SO_PEERCRED, &peer_cred, &length) == 0) {
+        peer = fmt::format("unix:pid={},uid={}", peer_cred.pid, peer_cred.uid);
+        address = fmt::format("unix:uid={}", peer_cred.uid);
+        const auto& allowed = config_.unix_allow_uids;
+        if (!allowed.empty() && std::find(allowed.begin(), allowed.end(), peer_cred.uid) == allowed.end())
+            rejection.emplace(ErrorCode::auth_failed,
+                              fmt::format("uid {} may not use this socket", peer_cred.uid));
+    } else {
+        peer = "unix:?";
+        address = peer;
+        if (!config_.unix_allow_uids.empty())
+            rejection.emplace(ErrorCode::auth_failed, "the peer's credentials cannot be read");
+    }
+    asio::error_code ignored;
+    socket.non_blocking(true, ignored);  // the session reads with read_some after a readiness wait
+    launch(std::move(socket), shard, peer, address, std::move(rejection), nullptr, "unix");
+}
+
+template <class Stream>
+void Server::launch(Stream stream, std::size_t shard, const std::string& peer, const std::string& address,
+                    std::optional<std::pair<ErrorCode, std::string>> rejection, std::shared_ptr<const void> hold,
+                    const char* transport) {
+    const std::uint64_t id = next_session_id_++;
     if (shutting_down_) {
         rejection.emplace(ErrorCode::shutting_down, "server shutting down");
+    } else if (rejection) {
+        // the transport's own refusal (a Unix peer's uid) comes first
     } else if (live_sessions_.load() >= config_.max_connections) {
         rejection.emplace(ErrorCode::server_full,
                           fmt::format("server full: at most {} connections", config_.max_connections));
@@ -186,13 +412,16 @@ void Server::start_session(asio::ip::tcp::socket socket, std::size_t shard) {
     }
     if (rejection)
         log_->warn("session {} {}: refused: {}", id, peer, rejection->second);
-    else
+    else if (std::string_view(transport) == "tcp")
         log_->info("session {} {}: connected (shard {})", id, peer, shard);
+    else
+        log_->info("session {} {}: connected (shard {}, {})", id, peer, shard, transport);
 
     ++live_sessions_;
     ++per_address_[address];
     address_of_[id] = address;
-    auto session = std::make_shared<Session<asio::ip::tcp::socket>>(std::move(socket), id, shard, peer, env_);
+    auto session = std::make_shared<Session<Stream>>(std::move(stream), id, shard, peer, env_);
+    if (hold) session->hold(std::move(hold));
     auto begin = [this, session, shard, rejection = std::move(rejection)]() mutable {
         live_[shard].emplace(session->id(), session);
         session->start(std::move(rejection));
@@ -218,10 +447,7 @@ void Server::session_finished(std::size_t shard, std::uint64_t id) {
 void Server::begin_shutdown(const std::string& reason) {
     if (shutting_down_) return;
     shutting_down_ = true;
-    for (auto& acceptor : acceptors_) {
-        asio::error_code ignored;
-        acceptor.close(ignored);
-    }
+    close_listeners();
     const std::size_t open = live_sessions_.load();
     log_->info("shutting down: {} session(s) open; draining for at most {}", open,
                format_duration(config_.drain_timeout));
@@ -252,7 +478,8 @@ void Server::finish() {
     drain_timer_.cancel();
     asio::error_code ignored;
     signals_.cancel(ignored);
-    for (auto& acceptor : acceptors_) acceptor.close(ignored);
+    close_listeners();
+    remove_unix_socket();
     // Without work guards every io_context returns from run() once the sessions
     // closed here have finished their coroutines.
     for (auto& w : work_) w.reset();

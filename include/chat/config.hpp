@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace chat {
 
@@ -59,6 +60,23 @@ struct ServerConfig {
 
     unsigned threads = 1;
     std::string log_level = "info";
+
+    // TLS listener (on `bind`), next to the plain one; needs cert and key (PEM).
+    std::optional<std::uint16_t> tls_port;
+    std::string tls_cert;
+    std::string tls_key;
+    std::string tls_client_ca;  // set: clients must show a certificate from these CAs
+
+    // Unix-domain socket listener; empty: none.
+    std::string unix_path;
+    std::optional<unsigned> unix_mode;           // permissions of the socket file, e.g. 0660
+    std::vector<std::uint32_t> unix_allow_uids;  // empty: any uid the file mode lets in
+
+    // Access tokens; empty: HELLO needs none.
+    std::string token_file;
+    unsigned auth_max_failures = 5;  // failed logins from one address within auth_window...
+    Duration auth_window{60'000};
+    Duration auth_lockout{60'000};   // ...refuse it for this long
 
     // The worst-case time between a peer's death and the server noticing it.
     Duration worst_case_detection() const { return heartbeat_timeout; }

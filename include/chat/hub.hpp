@@ -22,6 +22,9 @@ struct HubLimits {
     std::size_t max_rooms_per_session = 64;
     // Lists (JOINED members, MEMBERS, ROOMS) are cut to keep a payload within this.
     std::uint32_t max_frame = default_max_frame;
+    // A JOIN's replay is cut (oldest first) to fit these bytes, so that a joiner
+    // is never a slow consumer by the history alone; what was cut counts as missed.
+    std::size_t replay_budget = 2 * 1024 * 1024;
 };
 
 class Hub {

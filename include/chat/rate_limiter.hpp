@@ -20,8 +20,10 @@ public:
             tokens_ = std::min(burst_, tokens_ + elapsed.count() * rate_);
         }
         last_ = now;
-        if (tokens_ < 1.0) return false;
-        tokens_ -= 1.0;
+        // Refills add up in floating point: ten tenths may come to 0.999...,
+        // which must not refuse a client that kept to the rate exactly.
+        if (tokens_ < 1.0 - 1e-9) return false;
+        tokens_ = std::max(0.0, tokens_ - 1.0);
         return true;
     }
 

@@ -1,9 +1,12 @@
-// The chat server: listeners, shards (one io_context and thread each), the hub, shutdown.
+// The chat server: listeners (TCP, TLS, Unix), shards (one io_context and thread each), the hub, shutdown.
 #pragma once
+
+#include <sys/types.h>
 
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -11,11 +14,13 @@
 
 #include <asio.hpp>
 
+#include "chat/access.hpp"
 #include "chat/broker.hpp"
 #include "chat/config.hpp"
 #include "chat/hub.hpp"
 #include "chat/room.hpp"
 #include "chat/session.hpp"
+#include "chat/tls.hpp"
 
 namespace chat {
 
@@ -27,18 +32,38 @@ public:
     Server& operator=(const Server&) = delete;
 
     // Binds the listeners (throws std::system_error when it cannot) and
-    // returns their endpoints; --port 0 shows the port picked here.
+    // returns the plain TCP ones' endpoints; --port 0 shows the port picked
+    // here. Also binds the TLS port and the Unix socket when configured, and
+    // loads the certificate and the token file (std::runtime_error when one
+    // cannot be used).
     std::vector<asio::ip::tcp::endpoint> listen();
+    // After listen(): the TLS listener's endpoint, if there is one.
+    std::optional<asio::ip::tcp::endpoint> tls_endpoint() const;
+
+    // Thread-safe: loads the certificate, key and token file again (SIGHUP
+    // does this). Open sessions stay up; a file that fails to load is logged
+    // and the old one stays in use.
+    void reload();
+    // Reloads done so far, whether or not every file loaded (for tests).
+    std::size_t reloads() const noexcept { return reloads_.load(); }
 
     // Runs shard 0 on the calling thread and the others on threads of their
     // own; returns after shutdown finished. With `handle_signals`, SIGINT and
     // SIGTERM start a graceful shutdown and a second one exits at once.
     void run(bool handle_signals = true);
 
+    // From now on SIGINT and SIGTERM start a graceful shutdown (a second one
+    // exits at once). A program calls it before announcing its listeners, so
+    // that a signal sent as soon as they are announced is not lost to the
+    // default action; run(true) calls it if that has not happened.
+    void catch_signals();
+
     // Thread-safe: stop accepting, send BYE to everyone, drain, return from run().
     void request_shutdown(const std::string& reason = "server shutting down");
 
     std::size_t live_sessions() const noexcept { return live_sessions_.load(); }
+    // The most bytes any one session has held for its peer (see SessionEnv).
+    std::size_t peak_queued_bytes() const noexcept { return env_.peak_queued_bytes.load(); }
     const ServerConfig& config() const noexcept { return config_; }
 
 private:
@@ -46,9 +71,20 @@ private:
     std::size_t current_shard() const noexcept override;
     void post(std::size_t shard, std::function<void()> work) override;
 
-    asio::awaitable<void> accept_loop(asio::ip::tcp::acceptor& acceptor);
+    asio::awaitable<void> accept_loop(asio::ip::tcp::acceptor& acceptor, bool tls);
+    asio::awaitable<void> accept_unix_loop();
     void apply_socket_options(asio::ip::tcp::socket& socket);
-    void start_session(asio::ip::tcp::socket socket, std::size_t shard);
+    void start_session(asio::ip::tcp::socket socket, std::size_t shard, bool tls);
+    void start_unix_session(asio::local::stream_protocol::socket socket, std::size_t shard);
+    // Limits, registries and the start of a session over any stream.
+    template <class Stream>
+    void launch(Stream stream, std::size_t shard, const std::string& peer, const std::string& address,
+                std::optional<std::pair<ErrorCode, std::string>> rejection, std::shared_ptr<const void> hold,
+                const char* transport);
+    void listen_unix();
+    void remove_unix_socket();
+    void close_listeners();
+    void do_reload();
     void session_finished(std::size_t shard, std::uint64_t id);
     void begin_shutdown(const std::string& reason);
     void finish();
@@ -63,6 +99,15 @@ private:
     Hub hub_;
     SessionEnv env_;
     std::vector<asio::ip::tcp::acceptor> acceptors_;
+    std::optional<asio::ip::tcp::acceptor> tls_acceptor_;
+    std::optional<asio::local::stream_protocol::acceptor> unix_acceptor_;
+    // The socket file this server made: removed on exit if it is still that file.
+    std::optional<std::pair<dev_t, ino_t>> unix_socket_file_;
+#if PULSECHAT_HAVE_OPENSSL
+    std::unique_ptr<TlsServerContext> tls_;
+#endif
+    AccessControl access_;
+    std::atomic<std::size_t> reloads_{0};
     asio::signal_set signals_;
     asio::steady_timer drain_timer_;
 
@@ -75,6 +120,7 @@ private:
     std::unordered_map<std::string, std::size_t> per_address_;
     std::unordered_map<std::uint64_t, std::string> address_of_;
     bool shutting_down_ = false;
+    bool signals_caught_ = false;
     bool finished_ = false;
     int signals_seen_ = 0;
 };

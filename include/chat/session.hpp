@@ -26,11 +26,13 @@
 #include <asio/experimental/awaitable_operators.hpp>
 #include <spdlog/spdlog.h>
 
+#include "chat/access.hpp"
 #include "chat/config.hpp"
 #include "chat/hub.hpp"
 #include "chat/participant.hpp"
 #include "chat/protocol.hpp"
 #include "chat/rate_limiter.hpp"
+#include "chat/tls.hpp"
 
 namespace chat {
 
@@ -46,6 +48,8 @@ struct SessionEnv {
     // The most bytes one session has held for its peer at once (queued and in
     // flight): the figure --queue-limit bounds. For tests and metrics.
     std::atomic<std::size_t> peak_queued_bytes{0};
+    // Checks HELLO's access token; null: none needed.
+    AccessControl* access = nullptr;
 };
 
 // The transport-independent face of a session, for the server's registries.
@@ -75,6 +79,9 @@ public:
           writer_wake_(stream_.get_executor()) {}
 
     std::uint64_t id() const noexcept override { return id_; }
+    // Keeps something the stream depends on (a TLS context that a reload
+    // replaced) alive as long as the session.
+    void hold(std::shared_ptr<const void> resource) { held_ = std::move(resource); }
     std::size_t shard() const noexcept override { return shard_; }
     const std::string& peer() const noexcept override { return peer_; }
 
@@ -89,7 +96,10 @@ public:
         using namespace asio::experimental::awaitable_operators;
         asio::co_spawn(
             stream_.get_executor(),
-            [self]() -> asio::awaitable<void> { co_await (self->reader() && self->writer() && self->watchdog()); },
+            [self]() -> asio::awaitable<void> {
+                if (!co_await self->tls_handshake()) co_return;
+                co_await (self->reader() && self->writer() && self->watchdog());
+            },
             [self](std::exception_ptr e) {
                 if (e) {
                     try {
@@ -183,6 +193,38 @@ private:
         return scratch;
     }
 
+    // TLS: the handshake comes first and counts against the handshake timeout
+    // (rx_deadline_ is already set from it). Other streams: nothing to do.
+    asio::awaitable<bool> tls_handshake() {
+        if constexpr (is_tls_stream<Stream>) {
+            using asio::experimental::as_tuple;
+            // The watchdog coroutine does not run yet, so its timer bounds the
+            // handshake: at the deadline the socket is closed, which ends it.
+            watchdog_.expires_at(rx_deadline_);
+            watchdog_.async_wait([self = this->shared_from_this()](const asio::error_code& ec) {
+                if (ec || self->handshake_done_) return;
+                self->handshake_timed_out_ = true;
+                asio::error_code ignored;
+                self->stream_.lowest_layer().close(ignored);
+            });
+            auto [ec] = co_await stream_.async_handshake(Stream::server, as_tuple(asio::use_awaitable));
+            handshake_done_ = true;
+            watchdog_.cancel();
+            if (stopped_) co_return false;  // aborted meanwhile (server shut down)
+            if (ec || handshake_timed_out_) {
+                const std::string why = handshake_timed_out_
+                                            ? "TLS handshake not done within " +
+                                                  format_duration(env_.config.handshake_timeout)
+                                            : "TLS handshake failed: " + describe_tls_failure(ec, stream_.native_handle());
+                env_.log->warn("session {} {}: {}", id_, peer_, why);
+                stop(PresenceEvent::disconnected, why);
+                co_return false;
+            }
+            env_.log->debug("session {} {}: {}", id_, peer_, describe_tls_session(stream_.native_handle()));
+        }
+        co_return true;
+    }
+
     asio::awaitable<void> reader() {
         using asio::experimental::as_tuple;
         Message message;
@@ -203,6 +245,7 @@ private:
                                                                      as_tuple(asio::use_awaitable));
                 ec = read_ec;
                 if (!ec) decoder_.commit(n);
+                if (is_tls_truncation(ec)) ec = asio::error::eof;  // closed without close_notify
             }
             if (ec == asio::error::eof && (closing_ || decoder_.buffered() > 0)) {
                 // The peer half-closed: while closing, or in the middle of a
@@ -213,6 +256,12 @@ private:
                 break;
             }
             if (ec) {
+                if (is_tls_stream<Stream> && closing_) {
+                    // The close_notify exchange races the peer's own close
+                    // (typically a reset after its BYE): the reason is the close's.
+                    stop(close_event_, close_reason_);
+                    break;
+                }
                 if (ec == asio::error::eof)
                     stop(PresenceEvent::disconnected, "connection closed by peer");
                 else if (ec != asio::error::operation_aborted)
@@ -226,14 +275,17 @@ private:
                 decoder_ = Decoder(env_.config.max_frame);
                 continue;
             }
-            if (logged_in_ || hello_seen_) rx_deadline_ = Clock::now() + env_.config.heartbeat_timeout;
-            for (;;) {
+            for (bool first = true;; first = false) {
                 const auto status = decoder_.next(message);
                 if (status == Decoder::Status::need_more) break;
                 if (status == Decoder::Status::error) {
                     protocol_error(decoder_.error());
                     break;
                 }
+                // Whole frames push the deadline, not stray bytes: a peer that
+                // trickles a frame one byte at a time is not kept alive by it.
+                if (first && (logged_in_ || hello_seen_))
+                    rx_deadline_ = Clock::now() + env_.config.heartbeat_timeout;
                 handle(message);
                 if (closing_ || stopped_) break;
             }
@@ -253,8 +305,18 @@ private:
             if (control_.empty() && queue_.empty()) {
                 if (closing_) {
                     // Everything queued before the close is out: now close.
-                    asio::error_code ignored;
-                    stream_.lowest_layer().shutdown(asio::socket_base::shutdown_send, ignored);
+                    if constexpr (is_tls_stream<Stream>) {
+                        // close_notify tells the peer the stream ended here and was
+                        // not cut; its answer gets a short, bounded wait.
+                        using namespace asio::experimental::awaitable_operators;
+                        asio::steady_timer bound(stream_.get_executor());
+                        bound.expires_at(std::min(close_deadline_, Clock::now() + short_grace()));
+                        co_await (stream_.async_shutdown(as_tuple(asio::use_awaitable)) ||
+                                  bound.async_wait(as_tuple(asio::use_awaitable)));
+                    } else {
+                        asio::error_code ignored;
+                        stream_.lowest_layer().shutdown(asio::socket_base::shutdown_send, ignored);
+                    }
                     stop(close_event_, close_reason_);
                     break;
                 }
@@ -404,6 +466,13 @@ private:
 
     void on_hello(Hello& hello) {
         hello_seen_ = true;
+        if (env_.access != nullptr) {
+            if (auto refusal = env_.access->check(hello.token, peer_address(peer_))) {
+                env_.log->warn("session {} {}: login refused: {}", id_, peer_, refusal->detail);
+                close_with_error(ErrorCode::auth_failed, refusal->reason);
+                return;
+            }
+        }
         if (!is_valid_nick(hello.nick)) {
             protocol_violation(ErrorCode::invalid_nick,
                                "nickname must be 1-32 characters of letters, digits, '_', '-', '.', "
@@ -647,6 +716,7 @@ private:
     }
 
     Stream stream_;
+    std::shared_ptr<const void> held_;
     const std::uint64_t id_;
     const std::size_t shard_;
     const std::string peer_;
@@ -673,6 +743,8 @@ private:
     bool writing_ = false;
     std::uint64_t ping_nonce_ = 0;
 
+    bool handshake_done_ = false;      // TLS
+    bool handshake_timed_out_ = false;  // TLS
     bool hello_seen_ = false;
     bool logged_in_ = false;
     bool closing_ = false;

@@ -1,4 +1,5 @@
 // chat_server: the pulsechat server.
+#include <charconv>
 #include <cstdio>
 #include <iostream>
 
@@ -71,6 +72,47 @@ int main(int argc, char** argv) {
                    "trace, debug, info, warn, error, critical or off (overrides SPDLOG_LEVEL)")
         ->capture_default_str();
 
+    app.add_option_function<std::uint16_t>(
+           "--tls-port", [&](std::uint16_t port) { cfg.tls_port = port; },
+           "Also listen for TLS on this port (same --bind address; 0 picks a free one); needs --tls-cert and "
+           "--tls-key. TLS 1.2 at least, 1.3 preferred")
+        ->type_name("PORT");
+    app.add_option("--tls-cert", cfg.tls_cert, "Server certificate chain (PEM); SIGHUP reloads it")
+        ->type_name("FILE");
+    app.add_option("--tls-key", cfg.tls_key, "Private key of --tls-cert (PEM, unencrypted); SIGHUP reloads it")
+        ->type_name("FILE");
+    app.add_option("--tls-client-ca", cfg.tls_client_ca,
+                   "Require a client certificate on the TLS port, issued by a CA in this PEM file")
+        ->type_name("FILE");
+    app.add_option("--unix", cfg.unix_path,
+                   "Also listen on this Unix-domain socket; a stale socket file is replaced, the file is removed "
+                   "on exit")
+        ->type_name("PATH");
+    app.add_option_function<std::string>(
+           "--unix-mode",
+           [&](const std::string& v) {
+               unsigned mode = 0;
+               const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), mode, 8);
+               if (ec != std::errc{} || end != v.data() + v.size() || v.empty() || mode > 07777)
+                   throw CLI::ValidationError("--unix-mode", "'" + v + "' is not an octal mode such as 0660");
+               cfg.unix_mode = mode;
+           },
+           "Permissions of the --unix socket file, in octal (default: from the umask)")
+        ->type_name("MODE");
+    app.add_option("--unix-allow-uid", cfg.unix_allow_uids,
+                   "Only these uids may use the --unix socket (SO_PEERCRED); repeatable. Others get ERROR "
+                   "auth_failed")
+        ->type_name("UID");
+    app.add_option("--token-file", cfg.token_file,
+                   "Require an access token in HELLO: one secret a line, '#' comments; SIGHUP reloads it")
+        ->type_name("FILE");
+    app.add_option("--auth-max-failures", cfg.auth_max_failures,
+                   "Failed logins from one address within --auth-window before it is locked out")
+        ->capture_default_str();
+    chat::add_duration_option(app, "--auth-window", cfg.auth_window, "The window --auth-max-failures counts in");
+    chat::add_duration_option(app, "--auth-lockout", cfg.auth_lockout,
+                              "How long a locked-out address is refused, right token or not");
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -98,9 +140,13 @@ int main(int argc, char** argv) {
 
     try {
         chat::Server server(cfg);
+        server.catch_signals();
         const auto endpoints = server.listen();
         for (const auto& ep : endpoints)
             std::cout << "listening on " << ep.address().to_string() << ":" << ep.port() << std::endl;
+        if (const auto tls = server.tls_endpoint())
+            std::cout << "listening on " << tls->address().to_string() << ":" << tls->port() << " (tls)" << std::endl;
+        if (!cfg.unix_path.empty()) std::cout << "listening on unix:" << cfg.unix_path << std::endl;
         server.run();
     } catch (const std::system_error& e) {
         std::cerr << "chat_server: cannot listen on " << cfg.bind << ":" << cfg.port << ": " << e.code().message()

@@ -4,6 +4,7 @@
 
 #include <poll.h>
 
+#include <algorithm>
 #include <chrono>
 #include <functional>
 #include <optional>
@@ -77,11 +78,28 @@ public:
         socket_.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
         socket_.set_option(asio::ip::tcp::no_delay(true));
     }
+    // A client with a small receive buffer, set before connecting so that the
+    // advertised window stays small: the server's writes to it stall sooner.
+    TestClient(std::uint16_t port, int receive_buffer) : socket_(io_) {
+        socket_.open(asio::ip::tcp::v4());
+        socket_.set_option(asio::socket_base::receive_buffer_size(receive_buffer));
+        socket_.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+        socket_.set_option(asio::ip::tcp::no_delay(true));
+    }
 
     void send(const Message& m) { send_raw(encode(m)); }
     void send_raw(std::string_view bytes) {
         asio::error_code ec;
         asio::write(socket_, asio::buffer(bytes.data(), bytes.size()), ec);
+        last_send_ = Clock::now();
+    }
+    // While reading, send HEARTBEAT whenever nothing was sent for `every`, as a
+    // well-behaved client does; zero turns it off.
+    void keep_alive(std::chrono::milliseconds every) { keep_alive_ = every; }
+    // No more bytes from this side; the server may still write.
+    void shutdown_send() {
+        asio::error_code ignored;
+        socket_.shutdown(asio::socket_base::shutdown_send, ignored);
     }
 
     // The next message, or nullopt on timeout or close (closed() tells which).
@@ -92,8 +110,14 @@ public:
             auto st = decoder_.next(m);
             if (st == Decoder::Status::message) return m;
             if (st == Decoder::Status::error || closed_) return std::nullopt;
-            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
             if (left.count() <= 0) return std::nullopt;
+            if (keep_alive_.count() > 0) {
+                if (Clock::now() - last_send_ >= keep_alive_) send(Heartbeat{});
+                const auto to_beat =
+                    std::chrono::duration_cast<std::chrono::milliseconds>(last_send_ + keep_alive_ - Clock::now());
+                left = std::max(std::chrono::milliseconds{1}, std::min(left, to_beat));
+            }
             pollfd p{socket_.native_handle(), POLLIN, 0};
             if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
             auto space = decoder_.prepare(64 * 1024);
@@ -149,6 +173,8 @@ private:
     asio::ip::tcp::socket socket_;
     Decoder decoder_{16 * 1024 * 1024};
     bool closed_ = false;
+    Clock::time_point last_send_ = Clock::now();
+    std::chrono::milliseconds keep_alive_{0};
 };
 
 }  // namespace chat::test
