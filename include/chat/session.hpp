@@ -75,8 +75,7 @@ public:
           env_(env),
           decoder_(env.config.max_frame),
           limiter_(env.config.rate, env.config.burst),
-          watchdog_(stream_.get_executor()),
-          writer_wake_(stream_.get_executor()) {}
+          watchdog_(stream_.get_executor()) {}
 
     std::uint64_t id() const noexcept override { return id_; }
     // Keeps something the stream depends on (a TLS context that a reload
@@ -93,24 +92,18 @@ public:
         last_tx_ = now;
         if (rejection) close_with_error(rejection->first, rejection->second);
         auto self = this->shared_from_this();
-        using namespace asio::experimental::awaitable_operators;
-        asio::co_spawn(
-            stream_.get_executor(),
-            [self]() -> asio::awaitable<void> {
-                if (!co_await self->tls_handshake()) co_return;
-                co_await (self->reader() && self->writer() && self->watchdog());
-            },
-            [self](std::exception_ptr e) {
-                if (e) {
-                    try {
-                        std::rethrow_exception(e);
-                    } catch (const std::exception& ex) {
-                        self->env_.log->error("session {} {}: bug: {}", self->id_, self->peer_, ex.what());
-                    }
-                    self->stop(PresenceEvent::disconnected, "internal error");
-                }
-                self->env_.on_finished(self->id_);
-            });
+        // Independent tasks rather than one `reader && writer && watchdog`: a
+        // parallel group costs several frames and cancellation slots per
+        // session, which was most of an idle connection's memory. For the same
+        // reason the watchdog is a plain timer callback and the writer runs
+        // only while there is something to write.
+        spawn([self]() -> asio::awaitable<void> {
+            if (!co_await self->tls_handshake()) co_return;
+            self->transport_ready_ = true;
+            self->wake_writer();  // a rejection may be queued already
+            self->arm_watchdog();
+            co_await self->reader();
+        });
     }
 
     // --- Participant: called on this session's shard ---
@@ -296,11 +289,13 @@ private:
         }
     }
 
+    // Spawned by wake_writer() when frames are queued and no writer runs; ends
+    // when the queues are empty (or, closing, after the close).
     asio::awaitable<void> writer() {
         using asio::experimental::as_tuple;
-        std::vector<SharedFrame> in_flight;
-        std::vector<asio::const_buffer> buffers;
-        std::vector<iovec> iov;
+        auto& in_flight = in_flight_;
+        auto& buffers = buffers_;
+        auto& iov = iov_;
         while (!stopped_) {
             if (control_.empty() && queue_.empty()) {
                 if (closing_) {
@@ -320,11 +315,7 @@ private:
                     stop(close_event_, close_reason_);
                     break;
                 }
-                writer_waiting_ = true;
-                writer_wake_.expires_at(Clock::time_point::max());
-                co_await writer_wake_.async_wait(as_tuple(asio::use_awaitable));
-                writer_waiting_ = false;
-                continue;
+                break;  // idle: the next queued frame starts a new writer
             }
             // Control frames (WELCOME, PING, PONG, ERROR, BYE) go ahead of
             // room traffic, so a full queue never starves a heartbeat. Every
@@ -400,12 +391,44 @@ private:
                 break;
             }
         }
+        writer_running_ = false;
     }
 
-    asio::awaitable<void> watchdog() {
-        using asio::experimental::as_tuple;
+    template <class Task>
+    void spawn(Task task) {
+        ++tasks_;
+        spawn_counted(std::move(task));
+    }
+
+    // co_spawn for a task already counted in tasks_.
+    template <class Task>
+    void spawn_counted(Task task) {
+        asio::co_spawn(stream_.get_executor(), std::move(task),
+                       [self = this->shared_from_this()](std::exception_ptr e) {
+                           if (e) {
+                               try {
+                                   std::rethrow_exception(e);
+                               } catch (const std::exception& ex) {
+                                   self->env_.log->error("session {} {}: bug: {}", self->id_, self->peer_, ex.what());
+                               }
+                               self->stop(PresenceEvent::disconnected, "internal error");
+                           }
+                           self->task_done();
+                       });
+    }
+
+    // The server forgets the session once its last task (reader, writer, or a
+    // pending watchdog wait) has ended.
+    void task_done() {
+        if (--tasks_ == 0) env_.on_finished(id_);
+    }
+
+    // One timer for every deadline of the session; re-planned each time it fires
+    // or is cancelled (a cancel is how others ask for a re-plan).
+    void arm_watchdog() {
         const auto& cfg = env_.config;
-        while (!stopped_) {
+        for (;;) {
+            if (stopped_) return;
             const auto now = Clock::now();
             if (now >= rx_deadline_ && !closing_) {
                 if (!logged_in_ && !hello_seen_) {
@@ -440,12 +463,17 @@ private:
                 last_tx_ = now;  // a PING counts as sending; the next one waits an interval
             }
             // While closing only the drain deadline counts: the others may
-            // already have passed and would wake this loop without end.
+            // already have passed and would wake the watchdog without end.
             auto next = closing_ ? close_deadline_ : rx_deadline_;
             if (!closing_ && logged_in_) next = std::min(next, last_tx_ + cfg.heartbeat_interval);
             if (!closing_ && writing_) next = std::min(next, write_started_ + cfg.write_timeout);
             watchdog_.expires_at(next);
-            co_await watchdog_.async_wait(as_tuple(asio::use_awaitable));
+            ++tasks_;
+            watchdog_.async_wait([self = this->shared_from_this()](const asio::error_code&) {
+                self->arm_watchdog();
+                self->task_done();
+            });
+            return;
         }
     }
 
@@ -665,10 +693,13 @@ private:
     }
 
     void wake_writer() {
-        if (writer_waiting_) {
-            writer_waiting_ = false;
-            writer_wake_.cancel();
-        }
+        if (writer_running_ || stopped_ || !transport_ready_) return;
+        writer_running_ = true;
+        ++tasks_;
+        // Posted, not started here: everything queued until the current
+        // handler returns (a whole read's worth of fan-out) goes out in one write.
+        asio::post(stream_.get_executor(),
+                   [self = this->shared_from_this()] { self->spawn_counted(self->writer()); });
     }
 
     // A dead or stalled peer gets this long to take a last ERROR.
@@ -712,7 +743,6 @@ private:
         asio::error_code ignored;
         stream_.lowest_layer().close(ignored);
         watchdog_.cancel();
-        writer_wake_.cancel();
     }
 
     Stream stream_;
@@ -728,8 +758,12 @@ private:
     unsigned rate_strikes_ = 0;
 
     asio::steady_timer watchdog_;
-    asio::steady_timer writer_wake_;
-    bool writer_waiting_ = false;
+    bool writer_running_ = false;
+    bool transport_ready_ = false;  // TLS: after the handshake
+    // The writer's batch and its buffer lists, kept so their capacity is reused.
+    std::vector<SharedFrame> in_flight_;
+    std::vector<asio::const_buffer> buffers_;
+    std::vector<iovec> iov_;
 
     std::vector<SharedFrame> control_;
     std::vector<SharedFrame> queue_;
@@ -749,6 +783,7 @@ private:
     bool logged_in_ = false;
     bool closing_ = false;
     bool stopped_ = false;
+    unsigned tasks_ = 0;
     bool left_hub_ = false;
     PresenceEvent close_event_ = PresenceEvent::disconnected;
     std::string close_reason_;
