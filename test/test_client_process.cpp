@@ -9,7 +9,6 @@
 #include <fstream>
 #include <map>
 #include <memory>
-#include <regex>
 #include <thread>
 
 #include <asio.hpp>
@@ -104,7 +103,27 @@ std::function<bool(const std::string&)> has(std::map<std::string, std::string> w
     };
 }
 
-std::size_t count_lines(const std::string& text) { return static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n')); }
+std::size_t count_lines(const std::string& text) {
+    return static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n'));
+}
+
+// True if `out` has a line "[HH:MM:SS] " + `rest`. (Checked by hand:
+// std::regex trips GCC 12's -Wmaybe-uninitialized under the sanitizers.)
+bool has_clock_line(const std::string& out, std::string_view rest) {
+    std::size_t start = 0;
+    while (start < out.size()) {
+        auto end = out.find('\n', start);
+        if (end == std::string::npos) end = out.size();
+        const std::string_view line(out.data() + start, end - start);
+        start = end + 1;
+        if (line.size() != 11 + rest.size() || line.substr(11) != rest) continue;
+        const auto digit = [&](std::size_t i) { return line[i] >= '0' && line[i] <= '9'; };
+        if (line[0] == '[' && digit(1) && digit(2) && line[3] == ':' && digit(4) && digit(5) && line[6] == ':' &&
+            digit(7) && digit(8) && line.substr(9, 2) == "] ")
+            return true;
+    }
+    return false;
+}
 
 // A port nobody listens on: bound once, then released.
 std::uint16_t unused_port() {
@@ -176,7 +195,8 @@ private:
         std::array<char, 4096> buf;
         asio::error_code ignored;
         for (;;) {
-            auto [read_error, n] = co_await link->client.async_read_some(asio::buffer(buf), as_tuple(asio::use_awaitable));
+            auto [read_error, n] =
+                co_await link->client.async_read_some(asio::buffer(buf), as_tuple(asio::use_awaitable));
             if (read_error) break;
             auto [write_error, m] =
                 co_await asio::async_write(link->server, asio::buffer(buf.data(), n), as_tuple(asio::use_awaitable));
@@ -191,7 +211,8 @@ private:
         for (;;) {
             timer.expires_after(heartbeat_interval);
             co_await timer.async_wait(as_tuple(asio::use_awaitable));
-            auto [write_error, m] = co_await asio::async_write(link->server, asio::buffer(beat), as_tuple(asio::use_awaitable));
+            auto [write_error, m] =
+                co_await asio::async_write(link->server, asio::buffer(beat), as_tuple(asio::use_awaitable));
             if (write_error) co_return;
         }
     }
@@ -201,7 +222,8 @@ private:
         std::array<char, 4096> buf;
         asio::error_code ignored;
         for (;;) {
-            auto [read_error, n] = co_await link->server.async_read_some(asio::buffer(buf), as_tuple(asio::use_awaitable));
+            auto [read_error, n] =
+                co_await link->server.async_read_some(asio::buffer(buf), as_tuple(asio::use_awaitable));
             if (read_error) {
                 link->client.shutdown(asio::socket_base::shutdown_send, ignored);
                 co_return;
@@ -226,11 +248,17 @@ class Tmux {
 public:
     Tmux() : socket_("pulsechat-test-" + std::to_string(::getpid()) + "-" + std::to_string(++instances_)) {
         config_ = "/tmp/" + socket_ + ".conf";
+        status_file_ = "/tmp/" + socket_ + ".status";
         std::ofstream(config_) << "set -g remain-on-exit on\nset -g status off\n";
     }
     ~Tmux() {
+        // kill-server leaves the socket file behind.
+        auto socket_path = run("display -p '#{socket_path}'");
+        while (!socket_path.empty() && socket_path.back() == '\n') socket_path.pop_back();
         run("kill-server");
+        if (socket_path.starts_with("/")) std::remove(socket_path.c_str());
         std::remove(config_.c_str());
+        std::remove(status_file_.c_str());
     }
 
     static bool available() { return std::system("command -v tmux >/dev/null 2>&1") == 0; }
@@ -259,10 +287,33 @@ public:
         }
     }
 
+    // Runs `command` in the session's one pane, in a shell that records its
+    // exit status in a file: tmux itself may never reap a process that exits
+    // while LeakSanitizer stops it for its exit-time leak check, so
+    // #{pane_dead_status} is not to be relied on. The shell traps SIGINT
+    // (Ctrl-C reaches the whole foreground group) and only waits.
+    void start(const std::string& command) const {
+        std::remove(status_file_.c_str());
+        run("new-session -d -s chat -x 100 -y 30 \"trap : INT; " + command + "; echo \\$? > " + status_file_ + "\"");
+    }
+
+    // The command's exit status once it ended, polled until `limit` passes.
+    std::optional<int> exit_status(std::chrono::milliseconds limit) const {
+        const auto deadline = Clock::now() + limit;
+        for (;;) {
+            std::ifstream in(status_file_);
+            int status = -1;
+            if (in >> status) return status;
+            if (Clock::now() >= deadline) return std::nullopt;
+            ::poll(nullptr, 0, 5);  // a bounded poll for the file
+        }
+    }
+
 private:
     static inline int instances_ = 0;
     std::string socket_;
     std::string config_;
+    std::string status_file_;
 };
 
 std::vector<std::string> non_empty_lines(const std::string& screen) {
@@ -296,7 +347,8 @@ TEST_SUITE("chat_client process") {
             while (seen.size() < 10) {
                 auto line = client.wait_for(has({{"type", "message"}, {"history", "false"}}), 5s);
                 REQUIRE(line);
-                seen.emplace_back(std::stoull(*field(*line, "seq")), *field(*line, "nick") + ":" + *field(*line, "text"));
+                seen.emplace_back(std::stoull(*field(*line, "seq")),
+                                  *field(*line, "nick") + ":" + *field(*line, "text"));
             }
             return seen;
         };
@@ -324,9 +376,9 @@ TEST_SUITE("chat_client process") {
         carol->close_stdin();
         REQUIRE(carol->wait_exit(5s) == 0);
         const std::string out = carol->rest_of_stdout();
-        CHECK(std::regex_search(out, std::regex(R"((^|\n)\[\d\d:\d\d:\d\d\] #lobby <carol> hi there\n)")));
+        CHECK(has_clock_line(out, "#lobby <carol> hi there"));
         CHECK(out.find("#lobby: carol") != std::string::npos);  // /who
-        CHECK(out.find("\033[") == std::string::npos);           // no colour into a pipe
+        CHECK(out.find("\033[") == std::string::npos);          // no colour into a pipe
     }
 
     TEST_CASE("an unknown command is refused with a hint and never sent as a message") {
@@ -355,8 +407,8 @@ TEST_SUITE("chat_client process") {
         const auto took = since(frozen);
         REQUIRE(line);
         CHECK(field(*line, "event") == "timed_out");
-        MESSAGE("server noticed the frozen client after " << took.count() << "ms (timeout "
-                                                          << heartbeat_timeout.count() << "ms)");
+        MESSAGE("server noticed the frozen client after " << took.count() << "ms (timeout " << heartbeat_timeout.count()
+                                                          << "ms)");
         CHECK(took <= detection_bound);
         sleeper->signal(SIGKILL);
     }
@@ -409,7 +461,8 @@ TEST_SUITE("chat_client process") {
         }
     }
 
-    TEST_CASE("a server that still holds the client's old session hands the nick over, and nothing said meanwhile is lost") {
+    TEST_CASE(
+        "a server that still holds the client's old session hands the nick over, and nothing said meanwhile is lost") {
         ServerUnderTest server;
         auto watcher = start_client(server.port, "watcher");
         REQUIRE(watcher->wait_for(has({{"type", "joined"}}), 5s));
@@ -498,7 +551,8 @@ TEST_SUITE("chat_client process") {
             REQUIRE(quitter->wait_exit(1s) == 0);
             MESSAGE("/quit took " << since(asked).count() << "ms");
             // The server got the BYE: the room hears of a quit, not of a lost connection.
-            auto bye = watcher->wait_for(has({{"type", "presence"}, {"nick", "quitter"}, {"event", "disconnected"}}), 5s);
+            auto bye =
+                watcher->wait_for(has({{"type", "presence"}, {"nick", "quitter"}, {"event", "disconnected"}}), 5s);
             REQUIRE(bye);
             CHECK(field(*bye, "reason") == "quit: quit");
         }
@@ -575,16 +629,17 @@ TEST_SUITE("chat_client process") {
         ServerUnderTest server;
         Tmux tmux;
         const std::string client = program_path("CHAT_CLIENT", "chat_client");
-        tmux.run("new-session -d -s chat -x 100 -y 30 \"'" + client + "' --port " + std::to_string(server.port) +
-                 " --nick typer\"");
-        REQUIRE_MESSAGE(tmux.eventually([](const std::string& s) { return s.find("joined; here: typer") != std::string::npos; },
-                                        5s),
-                        tmux.screen());
+        tmux.start("'" + client + "' --port " + std::to_string(server.port) + " --nick typer");
+        REQUIRE_MESSAGE(
+            tmux.eventually([](const std::string& s) { return s.find("joined; here: typer") != std::string::npos; },
+                            5s),
+            tmux.screen());
 
         SUBCASE("a message arrives while a line is half typed") {
             const std::string half = "half typed line";
             tmux.run("send-keys -t chat -l '" + half + "'");
-            REQUIRE(tmux.eventually([&](const std::string& s) { return s.find("#lobby> " + half) != std::string::npos; }, 3s));
+            REQUIRE(tmux.eventually(
+                [&](const std::string& s) { return s.find("#lobby> " + half) != std::string::npos; }, 3s));
             tmux.run("send-keys -t chat Left Left Left");  // the cursor sits inside the line, too
 
             auto bob = start_client(server.port, "bob", {});
@@ -612,33 +667,31 @@ TEST_SUITE("chat_client process") {
             tmux.run("send-keys -t chat End");
             tmux.run("send-keys -t chat -l ' and more'");
             tmux.run("send-keys -t chat Enter");
-            CHECK_MESSAGE(tmux.eventually([&](const std::string& s) {
-                              return s.find("#lobby <typer> half typed line and more") != std::string::npos;
-                          },
-                                          3s),
+            CHECK_MESSAGE(tmux.eventually(
+                              [&](const std::string& s) {
+                                  return s.find("#lobby <typer> half typed line and more") != std::string::npos;
+                              },
+                              3s),
                           tmux.screen());
 
             const auto asked = Clock::now();
             tmux.run("send-keys -t chat -l /quit");
             tmux.run("send-keys -t chat Enter");
-            const bool exited = tmux.eventually(
-                [&](const std::string&) { return tmux.run("display -p -t chat '#{pane_dead} #{pane_dead_status}'") == "1 0\n"; },
-                1s);
-            CHECK_MESSAGE(exited, tmux.screen());
+            CHECK_MESSAGE(tmux.exit_status(1s) == 0, tmux.screen());
             MESSAGE("/quit in the interactive client took " << since(asked).count() << "ms");
         }
         SUBCASE("Ctrl-D on an empty line quits") {
+            const auto asked = Clock::now();
             tmux.run("send-keys -t chat C-d");
-            CHECK(tmux.eventually(
-                [&](const std::string&) { return tmux.run("display -p -t chat '#{pane_dead} #{pane_dead_status}'") == "1 0\n"; },
-                1s));
+            CHECK_MESSAGE(tmux.exit_status(1s) == 0, tmux.screen());
+            MESSAGE("took " << since(asked).count() << "ms");
         }
         SUBCASE("Ctrl-C quits") {
             tmux.run("send-keys -t chat -l 'something half typed'");
+            const auto asked = Clock::now();
             tmux.run("send-keys -t chat C-c");
-            CHECK(tmux.eventually(
-                [&](const std::string&) { return tmux.run("display -p -t chat '#{pane_dead} #{pane_dead_status}'") == "1 0\n"; },
-                1s));
+            CHECK_MESSAGE(tmux.exit_status(1s) == 0, tmux.screen());
+            MESSAGE("took " << since(asked).count() << "ms");
         }
     }
 }
