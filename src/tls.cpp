@@ -159,6 +159,7 @@ bool verify_host_name(const std::string& host, bool preverified, asio::ssl::veri
 
 bool is_tls_truncation(const std::error_code&) noexcept { return false; }
 std::string describe_tls_failure(const std::error_code& ec, ssl_st*) { return ec.message(); }
+std::string describe_tls_session(ssl_st*) { return {}; }
 
 #endif  // PULSECHAT_HAVE_OPENSSL
 

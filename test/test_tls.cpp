@@ -2,34 +2,26 @@
 // Unix-domain sockets (peer credentials), access tokens and their lockout, and a SIGHUP reload.
 #include <doctest/doctest.h>
 
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
-#include <regex>
 
 #include <spdlog/sinks/base_sink.h>
 
 #include "chat/logging.hpp"
 #include "chat/tls.hpp"
 #include "utils/live.hpp"
+#include "utils/subprocess.hpp"
 
 #if PULSECHAT_HAVE_OPENSSL
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 #endif
-
-extern char** environ;
 
 using namespace chat;
 using namespace chat::test;
@@ -388,104 +380,14 @@ std::string peer_common_name(TlsStream& stream) {
     return cn;
 }
 
-#endif  // PULSECHAT_HAVE_OPENSSL
-
-// $CHAT_SERVER (meson sets it), else chat_server next to the test's directory.
-std::string server_program() {
-    if (const char* path = std::getenv("CHAT_SERVER"); path != nullptr && *path != '\0') return path;
-    return (fs::read_symlink("/proc/self/exe").parent_path().parent_path() / "chat_server").string();
+// How often `text` occurs in `all`.
+std::size_t occurrences(const std::string& all, const std::string& text) {
+    std::size_t found = 0;
+    for (auto at = all.find(text); at != std::string::npos; at = all.find(text, at + 1)) ++found;
+    return found;
 }
 
-// A chat_server process: stdout through a pipe, the log into a file; killed
-// if still running at the end.
-class ServerProcess {
-public:
-    ServerProcess(std::vector<std::string> args, const std::string& log_file) : log_file_(log_file) {
-        args.insert(args.begin(), server_program());
-        int out[2];
-        REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
-        const int err = ::open(log_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        REQUIRE(err >= 0);
-        posix_spawn_file_actions_t actions;
-        posix_spawn_file_actions_init(&actions);
-        posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
-        posix_spawn_file_actions_adddup2(&actions, err, STDERR_FILENO);
-        std::vector<char*> argv;
-        for (auto& a : args) argv.push_back(a.data());
-        argv.push_back(nullptr);
-        const int rc = ::posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ);
-        posix_spawn_file_actions_destroy(&actions);
-        ::close(out[1]);
-        ::close(err);
-        out_ = out[0];
-        REQUIRE_MESSAGE(rc == 0, "cannot start " << args[0] << " (set CHAT_SERVER)");
-    }
-    ~ServerProcess() {
-        if (pid_ > 0 && !exited_) {
-            ::kill(pid_, SIGKILL);
-            ::waitpid(pid_, nullptr, 0);
-        }
-        ::close(out_);
-    }
-    ServerProcess(const ServerProcess&) = delete;
-    ServerProcess& operator=(const ServerProcess&) = delete;
-
-    // The first stdout line matching `pattern`'s group 1 as a port, or nullopt.
-    std::optional<std::uint16_t> port(const std::string& pattern, std::chrono::milliseconds limit = 5000ms) {
-        const std::regex line(pattern);
-        const auto deadline = Clock::now() + limit;
-        for (;;) {
-            std::smatch m;
-            if (std::regex_search(stdout_, m, line)) return static_cast<std::uint16_t>(std::stoi(m[1].str()));
-            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-            if (left.count() <= 0) return std::nullopt;
-            pollfd p{out_, POLLIN, 0};
-            if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
-            char buf[4096];
-            const ssize_t n = ::read(out_, buf, sizeof buf);
-            if (n <= 0) return std::nullopt;
-            stdout_.append(buf, static_cast<std::size_t>(n));
-        }
-    }
-
-    std::string log() const {
-        std::ifstream in(log_file_);
-        return std::string(std::istreambuf_iterator<char>(in), {});
-    }
-    // Waits (bounded) until the log holds `text` at least `times` times.
-    bool logged(const std::string& text, std::size_t times = 1, std::chrono::milliseconds limit = 5000ms) const {
-        return TestServer::eventually(
-            [&] {
-                const std::string all = log();
-                std::size_t found = 0;
-                for (auto at = all.find(text); at != std::string::npos; at = all.find(text, at + 1)) ++found;
-                return found >= times;
-            },
-            limit);
-    }
-
-    void signal(int signo) { ::kill(pid_, signo); }
-
-    std::optional<int> wait_exit(std::chrono::milliseconds limit) {
-        const auto deadline = Clock::now() + limit;
-        for (;;) {
-            int status = 0;
-            if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-                exited_ = true;
-                return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-            }
-            if (Clock::now() >= deadline) return std::nullopt;
-            ::poll(nullptr, 0, 5);  // waitpid has no timeout: a bounded polling loop
-        }
-    }
-
-private:
-    std::string log_file_;
-    pid_t pid_ = 0;
-    int out_ = -1;
-    bool exited_ = false;
-    std::string stdout_;
-};
+#endif  // PULSECHAT_HAVE_OPENSSL
 
 }  // namespace
 
@@ -787,15 +689,19 @@ TEST_SUITE("transports (live)") {
         const long first_serial = ASN1_INTEGER_get(X509_get_serialNumber(pki.server.cert.get()));
         const long second_serial = ASN1_INTEGER_get(X509_get_serialNumber(second.cert.get()));
 
-        ServerProcess server({"--bind", "127.0.0.1", "--port", "0", "--tls-port", "0", "--tls-cert", cert,
-                              "--tls-key", key, "--token-file", tokens},
-                             pki.dir.file("server.log"));
-        const auto port = server.port("listening on \\S+:(\\d+) \\(tls\\)");
-        REQUIRE(port);
+        Subprocess server({program_path("CHAT_SERVER", "chat_server"), "--bind", "127.0.0.1", "--port", "0",
+                           "--tls-port", "0", "--tls-cert", cert, "--tls-key", key, "--token-file", tokens});
+        const auto listening = server.wait_for(" (tls)", 5000ms);
+        REQUIRE(listening);
+        const auto port = static_cast<std::uint16_t>(std::stoi(listening->substr(listening->rfind(':') + 1)));
+        // Waits (bounded) until the server's log holds `text` `times` times.
+        const auto logged = [&](const std::string& text, std::size_t times) {
+            return TestServer::eventually([&] { return occurrences(server.all_stderr(), text) >= times; }, 5000ms);
+        };
         const TlsClientOptions trust{pki.ca.cert_file, {}, {}, false};
 
         asio::error_code ec;
-        auto old_client = tls_client(*port, trust, ec);
+        auto old_client = tls_client(port, trust, ec);
         REQUIRE_MESSAGE(!ec, ec.message());
         CHECK(serial_of(old_client->stream()) == first_serial);
         REQUIRE(old_client->login("old", "first-token"));
@@ -805,9 +711,9 @@ TEST_SUITE("transports (live)") {
         fs::copy_file(second.key_file, key, fs::copy_options::overwrite_existing);
         write_file(tokens, "second-token\n");
         server.signal(SIGHUP);
-        REQUIRE(server.logged("reload: 1 access token(s) loaded"));
+        REQUIRE(logged("reload: 1 access token(s) loaded", 1));
 
-        auto new_client = tls_client(*port, trust, ec);
+        auto new_client = tls_client(port, trust, ec);
         REQUIRE_MESSAGE(!ec, ec.message());
         CHECK(serial_of(new_client->stream()) == second_serial);
         REQUIRE(new_client->login("new", "second-token"));
@@ -815,7 +721,7 @@ TEST_SUITE("transports (live)") {
         // The session opened before the reload is still up, on the old certificate.
         CHECK(old_client->say("lobby", "still here"));
         CHECK(new_client->heard("still here"));
-        auto stale = tls_client(*port, trust, ec);
+        auto stale = tls_client(port, trust, ec);
         REQUIRE(!ec);
         stale->send(Hello{"stale", "first-token", {}});
         auto refusal = stale->error_then_close();
@@ -825,8 +731,8 @@ TEST_SUITE("transports (live)") {
         // A file that fails to load is logged, and the one in use stays.
         write_file(cert, "not a certificate\n");
         server.signal(SIGHUP);
-        REQUIRE(server.logged("reload: keeping the TLS certificate in use"));
-        auto after_bad = tls_client(*port, trust, ec);
+        REQUIRE(logged("reload: keeping the TLS certificate in use", 1));
+        auto after_bad = tls_client(port, trust, ec);
         REQUIRE_MESSAGE(!ec, ec.message());
         CHECK(serial_of(after_bad->stream()) == second_serial);
         CHECK(new_client->say("lobby", "and still"));

@@ -35,6 +35,8 @@ bool is_tls_truncation(const std::error_code& ec) noexcept;
 // check's verdict when that is what failed (e.g. "certificate verify failed:
 // unable to get local issuer certificate").
 std::string describe_tls_failure(const std::error_code& ec, ssl_st* ssl);
+// The negotiated protocol and cipher, e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384".
+std::string describe_tls_session(ssl_st* ssl);
 
 #if PULSECHAT_HAVE_OPENSSL
 
@@ -105,9 +107,6 @@ void prepare_client_stream(asio::ssl::stream<Lower>& stream, const std::string& 
         return verify_host_name(host, preverified, ctx);
     });
 }
-
-// The negotiated protocol and cipher, e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384".
-std::string describe_tls_session(ssl_st* ssl);
 
 #endif  // PULSECHAT_HAVE_OPENSSL
 
