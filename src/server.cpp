@@ -72,7 +72,10 @@ Server::Server(ServerConfig config)
       signals_(hub_context_),
       drain_timer_(hub_context_),
       live_(shards_.size()) {
-    for (auto& shard : shards_) work_.push_back(asio::make_work_guard(*shard));
+    for (auto& shard : shards_) {
+        work_.push_back(asio::make_work_guard(*shard));
+        env_.flush_lists.push_back(std::make_unique<FlushList>(shard->get_executor()));
+    }
     env_.on_finished = [this](std::uint64_t id) { session_finished(this_shard, id); };
     // Writes to a peer that has gone must come back as EPIPE, never end the process.
     std::signal(SIGPIPE, SIG_IGN);

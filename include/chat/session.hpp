@@ -28,6 +28,7 @@
 
 #include "chat/access.hpp"
 #include "chat/config.hpp"
+#include "chat/flush_list.hpp"
 #include "chat/hub.hpp"
 #include "chat/participant.hpp"
 #include "chat/protocol.hpp"
@@ -50,10 +51,12 @@ struct SessionEnv {
     std::atomic<std::size_t> peak_queued_bytes{0};
     // Checks HELLO's access token; null: none needed.
     AccessControl* access = nullptr;
+    // One per shard: where sessions with frames to write wait for the write pass.
+    std::vector<std::unique_ptr<FlushList>> flush_lists{};
 };
 
 // The transport-independent face of a session, for the server's registries.
-class SessionBase : public Participant {
+class SessionBase : public Participant, public Flushable {
 public:
     // Server shutdown: send BYE after what is queued, then close.
     virtual void shutdown(const std::string& reason) = 0;
@@ -289,15 +292,14 @@ private:
         }
     }
 
-    // Spawned by wake_writer() when frames are queued and no writer runs; ends
-    // when the queues are empty (or, closing, after the close).
+    // Started when a write has to wait (socket buffer full), when the stream
+    // has buffers of its own (TLS), or to close; ends when the queues are empty
+    // (or, closing, after the close). Plain sockets are otherwise written by
+    // flush(), without a coroutine.
     asio::awaitable<void> writer() {
         using asio::experimental::as_tuple;
-        auto& in_flight = in_flight_;
-        auto& buffers = buffers_;
-        auto& iov = iov_;
         while (!stopped_) {
-            if (control_.empty() && queue_.empty()) {
+            if (in_flight_.empty() && !take_batch()) {
                 if (closing_) {
                     // Everything queued before the close is out: now close.
                     if constexpr (is_tls_stream<Stream>) {
@@ -317,81 +319,125 @@ private:
                 }
                 break;  // idle: the next queued frame starts a new writer
             }
-            // Control frames (WELCOME, PING, PONG, ERROR, BYE) go ahead of
-            // room traffic, so a full queue never starves a heartbeat. Every
-            // frame queued at this moment goes out in one gather write.
-            in_flight.swap(control_);
-            in_flight.insert(in_flight.end(), std::make_move_iterator(queue_.begin()),
-                             std::make_move_iterator(queue_.end()));
-            queue_.clear();
-
-            // Everything waiting is now in flight and still held: it counts
-            // against the queue limit until the write is done.
-            in_flight_bytes_ = queued_bytes_;
-            queued_bytes_ = 0;
-            writing_ = true;
-            write_started_ = Clock::now();
             asio::error_code ec;
             if constexpr (waits_for_readiness) {
-                // Straight to the kernel: up to max_iov frames per sendmsg, the
-                // rest of a partially written batch after it, and a wait for
-                // writability only when the socket buffer is full.
-                std::size_t index = 0;
-                std::size_t offset = 0;
-                while (index < in_flight.size()) {
-                    iov.clear();
-                    for (std::size_t i = index; i < in_flight.size() && iov.size() < max_iov; ++i) {
-                        const std::string& f = *in_flight[i];
-                        const std::size_t skip = i == index ? offset : 0;
-                        iov.push_back(iovec{const_cast<char*>(f.data()) + skip, f.size() - skip});
-                    }
-                    msghdr msg{};
-                    msg.msg_iov = iov.data();
-                    msg.msg_iovlen = iov.size();
-                    // MSG_NOSIGNAL: a peer that has gone is EPIPE here, never SIGPIPE.
-                    const ssize_t sent = ::sendmsg(stream_.native_handle(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-                    if (sent < 0) {
-                        if (errno == EINTR) continue;
-                        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                            auto [wait_ec] = co_await stream_.async_wait(asio::socket_base::wait_write,
-                                                                         as_tuple(asio::use_awaitable));
-                            if (wait_ec) {
-                                ec = wait_ec;
-                                break;
-                            }
-                            continue;
-                        }
-                        ec = asio::error_code(errno, asio::error::get_system_category());
-                        break;
-                    }
-                    for (auto left = static_cast<std::size_t>(sent); left > 0;) {
-                        const std::size_t rest = in_flight[index]->size() - offset;
-                        if (left >= rest) {
-                            left -= rest;
-                            ++index;
-                            offset = 0;
-                        } else {
-                            offset += left;
-                            left = 0;
-                        }
-                    }
+                if (write_now(ec) == WriteResult::would_block) {
+                    auto [wait_ec] =
+                        co_await stream_.async_wait(asio::socket_base::wait_write, as_tuple(asio::use_awaitable));
+                    if (!wait_ec) continue;
+                    ec = wait_ec;
                 }
             } else {
+                auto& buffers = buffers_;
                 buffers.clear();
-                for (const auto& f : in_flight) buffers.emplace_back(f->data(), f->size());
+                for (const auto& f : in_flight_) buffers.emplace_back(f->data(), f->size());
                 auto [write_ec, n] = co_await asio::async_write(stream_, buffers, as_tuple(asio::use_awaitable));
                 ec = write_ec;
             }
-            writing_ = false;
-            last_tx_ = Clock::now();
-            in_flight_bytes_ = 0;
-            in_flight.clear();
             if (ec) {
                 if (!stopped_) stop(PresenceEvent::disconnected, "write failed: " + ec.message());
                 break;
             }
+            finish_batch();
         }
         writer_running_ = false;
+    }
+
+    // Flushable: the shard's write pass. Plain sockets only (see wake_writer).
+    void flush() override {
+        flush_pending_ = false;
+        if (stopped_ || writer_running_) return;
+        if constexpr (waits_for_readiness) {
+            if (in_flight_.empty() && !take_batch()) {
+                if (closing_) start_writer();  // nothing left to send: the writer closes
+                return;
+            }
+            asio::error_code ec;
+            switch (write_now(ec)) {
+            case WriteResult::done:
+                finish_batch();
+                if (closing_) start_writer();
+                return;
+            case WriteResult::would_block:
+                start_writer();  // the rest waits for writability there
+                return;
+            case WriteResult::failed:
+                stop(PresenceEvent::disconnected, "write failed: " + ec.message());
+                return;
+            }
+        }
+    }
+
+    // Moves every queued frame into the batch to write, control frames
+    // (WELCOME, PING, PONG, ERROR, BYE) first, so a full queue never starves a
+    // heartbeat. False when nothing is queued.
+    bool take_batch() {
+        if (control_.empty() && queue_.empty()) return false;
+        in_flight_.swap(control_);
+        in_flight_.insert(in_flight_.end(), std::make_move_iterator(queue_.begin()),
+                          std::make_move_iterator(queue_.end()));
+        queue_.clear();
+        // Everything waiting is now in flight and still held: it counts
+        // against the queue limit until the write is done.
+        in_flight_bytes_ = queued_bytes_;
+        queued_bytes_ = 0;
+        sent_index_ = 0;
+        sent_offset_ = 0;
+        writing_ = true;
+        write_started_ = Clock::now();
+        return true;
+    }
+
+    void finish_batch() {
+        writing_ = false;
+        last_tx_ = Clock::now();
+        in_flight_bytes_ = 0;
+        in_flight_.clear();
+    }
+
+    enum class WriteResult { done, would_block, failed };
+
+    // Straight to the kernel: up to max_iov frames per sendmsg, continuing a
+    // partially written batch, until the batch is out or the socket is full.
+    WriteResult write_now(asio::error_code& ec) {
+        auto& iov = iov_;
+        while (sent_index_ < in_flight_.size()) {
+            iov.clear();
+            for (std::size_t i = sent_index_; i < in_flight_.size() && iov.size() < max_iov; ++i) {
+                const std::string& f = *in_flight_[i];
+                const std::size_t skip = i == sent_index_ ? sent_offset_ : 0;
+                iov.push_back(iovec{const_cast<char*>(f.data()) + skip, f.size() - skip});
+            }
+            msghdr msg{};
+            msg.msg_iov = iov.data();
+            msg.msg_iovlen = iov.size();
+            // MSG_NOSIGNAL: a peer that has gone is EPIPE here, never SIGPIPE.
+            const ssize_t sent = ::sendmsg(stream_.native_handle(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (sent < 0) {
+                if (errno == EINTR) continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK) return WriteResult::would_block;
+                ec = asio::error_code(errno, asio::error::get_system_category());
+                return WriteResult::failed;
+            }
+            for (auto left = static_cast<std::size_t>(sent); left > 0;) {
+                const std::size_t rest = in_flight_[sent_index_]->size() - sent_offset_;
+                if (left >= rest) {
+                    left -= rest;
+                    ++sent_index_;
+                    sent_offset_ = 0;
+                } else {
+                    sent_offset_ += left;
+                    left = 0;
+                }
+            }
+        }
+        return WriteResult::done;
+    }
+
+    void start_writer() {
+        writer_running_ = true;
+        ++tasks_;
+        spawn_counted(writer());
     }
 
     template <class Task>
@@ -693,13 +739,18 @@ private:
     }
 
     void wake_writer() {
-        if (writer_running_ || stopped_ || !transport_ready_) return;
-        writer_running_ = true;
-        ++tasks_;
-        // Posted, not started here: everything queued until the current
-        // handler returns (a whole read's worth of fan-out) goes out in one write.
-        asio::post(stream_.get_executor(),
-                   [self = this->shared_from_this()] { self->spawn_counted(self->writer()); });
+        if (writer_running_ || flush_pending_ || stopped_ || !transport_ready_) return;
+        if constexpr (waits_for_readiness) {
+            // Not written here: everything queued until the shard's write pass
+            // (a whole read's worth of fan-out) goes out in one write.
+            flush_pending_ = true;
+            env_.flush_lists[shard_]->add(this->shared_from_this());
+        } else {
+            writer_running_ = true;
+            ++tasks_;
+            asio::post(stream_.get_executor(),
+                       [self = this->shared_from_this()] { self->spawn_counted(self->writer()); });
+        }
     }
 
     // A dead or stalled peer gets this long to take a last ERROR.
@@ -759,9 +810,12 @@ private:
 
     asio::steady_timer watchdog_;
     bool writer_running_ = false;
+    bool flush_pending_ = false;  // on the shard's flush list
     bool transport_ready_ = false;  // TLS: after the handshake
     // The writer's batch and its buffer lists, kept so their capacity is reused.
     std::vector<SharedFrame> in_flight_;
+    std::size_t sent_index_ = 0;   // in_flight_[sent_index_] is the first frame not fully sent
+    std::size_t sent_offset_ = 0;  // bytes of it already sent
     std::vector<asio::const_buffer> buffers_;
     std::vector<iovec> iov_;
 

@@ -1,0 +1,54 @@
+// The sessions of one shard that have frames to write, written in one pass.
+//
+// Fan-out queues a frame for every member of a room; writing to each member's
+// socket right there would make one system call per delivered frame. Instead
+// a session with something new to send puts itself on its shard's flush list
+// once, and a single posted handler writes them all after the current handler
+// returns: everything a whole read's worth of fan-out queued goes out in one
+// gather write per member, with no coroutine, timer or allocation per write.
+// The same pass that Redis (clients_pending_write) and NATS (the read loop's
+// pending-client flush) make, with one difference: the pass yields to the
+// event loop every `chunk` sessions. A message that arrives while a long pass
+// runs then reaches the members not yet written in this pass, instead of
+// waiting for the whole pass to end and its own pass to come round, which
+// halves the latency of a big room under load (docs/BENCHMARKS.md).
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include <asio/any_io_executor.hpp>
+
+namespace chat {
+
+class Flushable {
+public:
+    virtual ~Flushable() = default;
+    // Writes what is queued, as far as the socket takes it without waiting.
+    virtual void flush() = 0;
+};
+
+class FlushList {
+public:
+    // Sessions written between two turns of the event loop.
+    static constexpr std::size_t chunk = 32;
+
+    explicit FlushList(asio::any_io_executor executor) : executor_(std::move(executor)) {}
+    FlushList(const FlushList&) = delete;
+    FlushList& operator=(const FlushList&) = delete;
+
+    // On the shard's thread only. The caller adds itself once until flushed.
+    void add(std::shared_ptr<Flushable> session);
+
+
+private:
+    void run();
+
+    asio::any_io_executor executor_;
+    std::vector<std::shared_ptr<Flushable>> pending_;
+    std::vector<std::shared_ptr<Flushable>> running_;  // the pass under way
+    std::size_t next_ = 0;                              // running_[next_] is written next
+    bool posted_ = false;                               // a run() is queued or running
+};
+
+}  // namespace chat
