@@ -1,11 +1,7 @@
 // chat_server as a process: its command line, its stdout, signals and exit status.
 #include <doctest/doctest.h>
 
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -14,137 +10,42 @@
 #include <string_view>
 
 #include "utils/live.hpp"
-
-extern char** environ;
+#include "utils/subprocess.hpp"
 
 using namespace chat;
 using namespace chat::test;
 
 namespace {
 
-// $CHAT_SERVER (meson sets it), else chat_server next to the test's directory.
-std::string server_program() {
-    if (const char* path = std::getenv("CHAT_SERVER"); path != nullptr && *path != '\0') return path;
-    return (std::filesystem::read_symlink("/proc/self/exe").parent_path().parent_path() / "chat_server").string();
-}
-
-// A chat_server process. Stdout (the "listening on" lines, --help) comes
-// through a pipe; stderr (the log) goes to an unlinked file, so that a busy
-// log can never fill a pipe and stall the server. Killed if still running
-// when it goes out of scope.
-class ServerProcess {
+// A chat_server process ($CHAT_SERVER, which meson sets), and where it says it listens.
+class ServerProcess : public Subprocess {
 public:
-    explicit ServerProcess(std::vector<std::string> args) {
-        args.insert(args.begin(), server_program());
-        int out[2];
-        REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
-        char name[] = "/tmp/chat_server_stderr_XXXXXX";
-        err_ = ::mkstemp(name);
-        REQUIRE(err_ >= 0);
-        ::unlink(name);
-        posix_spawn_file_actions_t actions;
-        posix_spawn_file_actions_init(&actions);
-        posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
-        posix_spawn_file_actions_adddup2(&actions, err_, STDERR_FILENO);
-        std::vector<char*> argv;
-        for (auto& a : args) argv.push_back(a.data());
-        argv.push_back(nullptr);
-        const int rc = ::posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ);
-        posix_spawn_file_actions_destroy(&actions);
-        ::close(out[1]);
-        out_ = out[0];
-        REQUIRE_MESSAGE(rc == 0, "cannot start " << args[0] << " (set CHAT_SERVER)");
-    }
-    ~ServerProcess() {
-        if (pid_ > 0 && !status_) {
-            ::kill(pid_, SIGKILL);
-            ::waitpid(pid_, nullptr, 0);
-        }
-        ::close(out_);
-        ::close(err_);
-    }
-    ServerProcess(const ServerProcess&) = delete;
-    ServerProcess& operator=(const ServerProcess&) = delete;
+    explicit ServerProcess(std::vector<std::string> args) : Subprocess(with_program(std::move(args))) {}
 
     // The port from the first "listening on ADDRESS:PORT" line, or nullopt.
     std::optional<std::uint16_t> port(std::chrono::milliseconds limit = 5000ms) {
         // (Parsed by hand: std::regex trips a GCC 12 -Wmaybe-uninitialized
         // false positive under the sanitizers, and CI builds with -Werror.)
         static constexpr std::string_view prefix = "listening on ";
-        const auto deadline = Clock::now() + limit;
-        for (;;) {
-            const auto at = stdout_.find(prefix);
-            const auto eol = at == std::string::npos ? at : stdout_.find('\n', at);
-            if (eol != std::string::npos) {
-                const std::string endpoint = stdout_.substr(at + prefix.size(), eol - at - prefix.size());
-                const auto colon = endpoint.rfind(':');
-                if (colon == std::string::npos) return std::nullopt;
-                address_ = endpoint.substr(0, colon);
-                const int port = std::atoi(endpoint.c_str() + colon + 1);
-                if (port <= 0 || port > 65535) return std::nullopt;
-                return static_cast<std::uint16_t>(port);
-            }
-            if (!read_stdout(deadline)) return std::nullopt;
-        }
+        const auto line = wait_for(prefix, limit);
+        if (!line) return std::nullopt;
+        const std::string endpoint = line->substr(line->find(prefix) + prefix.size());
+        const auto colon = endpoint.rfind(':');
+        if (colon == std::string::npos) return std::nullopt;
+        address_ = endpoint.substr(0, colon);
+        const int port = std::atoi(endpoint.c_str() + colon + 1);
+        if (port <= 0 || port > 65535) return std::nullopt;
+        return static_cast<std::uint16_t>(port);
     }
     const std::string& address() const { return address_; }
 
-    void signal(int signo) { ::kill(pid_, signo); }
-
-    // The exit status (128 + signal if killed by one), or nullopt if it is
-    // still running when `limit` passes.
-    std::optional<int> wait_exit(std::chrono::milliseconds limit) {
-        if (status_) return status_;
-        const auto deadline = Clock::now() + limit;
-        for (;;) {
-            int status = 0;
-            if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-                status_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-                return status_;
-            }
-            if (Clock::now() >= deadline) return std::nullopt;
-            ::poll(nullptr, 0, 5);  // waitpid cannot wait with a timeout; this polls a bounded loop
-        }
-    }
-
-    // Everything written to stdout (after the exit: all of it).
-    std::string all_stdout() {
-        while (read_stdout(Clock::now() + 1000ms)) {
-        }
-        return stdout_;
-    }
-    std::string all_stderr() const {
-        std::string text;
-        char buf[4096];
-        for (off_t at = 0;;) {
-            const ssize_t n = ::pread(err_, buf, sizeof buf, at);
-            if (n <= 0) break;
-            text.append(buf, static_cast<std::size_t>(n));
-            at += n;
-        }
-        return text;
-    }
-
 private:
-    // False at EOF or the deadline.
-    bool read_stdout(Clock::time_point deadline) {
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-        if (left <= 0) return false;
-        pollfd p{out_, POLLIN, 0};
-        if (::poll(&p, 1, static_cast<int>(left)) <= 0) return false;
-        char buf[4096];
-        const ssize_t n = ::read(out_, buf, sizeof buf);
-        if (n <= 0) return false;
-        stdout_.append(buf, static_cast<std::size_t>(n));
-        return true;
+    static std::vector<std::string> with_program(std::vector<std::string> args) {
+        args.insert(args.begin(), program_path("CHAT_SERVER", "chat_server"));
+        return args;
     }
 
-    pid_t pid_ = -1;
-    int out_ = -1;
-    int err_ = -1;
-    std::string stdout_;
     std::string address_;
-    std::optional<int> status_;
 };
 
 // Runs chat_server with `args` to its end (bounded): status, stdout, stderr.
@@ -157,7 +58,7 @@ Outcome run_to_end(std::vector<std::string> args) {
     ServerProcess p(std::move(args));
     Outcome o;
     o.status = p.wait_exit(5000ms);
-    o.out = p.all_stdout();
+    o.out = p.rest_of_stdout();  // nothing was read before: the rest is all of it
     o.err = p.all_stderr();
     return o;
 }

@@ -116,7 +116,7 @@ private:
 // runs the client's own io_context for a bounded time, so no read waits
 // longer than asked and a TLS stream's buffered bytes are never missed.
 template <class Stream>
-class StreamClient {
+class StreamClient : public MessageReader<StreamClient<Stream>> {
 public:
     template <class... Args>
     explicit StreamClient(Args&&... args) : stream_(io_, std::forward<Args>(args)...) {}
@@ -156,67 +156,21 @@ public:
         asio::write(stream_, asio::buffer(bytes), ignored);
     }
 
-    // The next message, or nullopt on timeout or close (closed() tells which).
-    std::optional<Message> read(std::chrono::milliseconds timeout = 3000ms) {
-        const auto deadline = Clock::now() + timeout;
-        Message m;
-        for (;;) {
-            const auto status = decoder_.next(m);
-            if (status == Decoder::Status::message) return m;
-            if (status == Decoder::Status::error || closed_) return std::nullopt;
-            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-            if (left.count() <= 0) return std::nullopt;
-            auto space = decoder_.prepare(64 * 1024);
-            bool done = false;
-            asio::error_code ec;
-            std::size_t n = 0;
-            stream_.async_read_some(asio::buffer(space.data(), space.size()),
-                                    [&](const asio::error_code& e, std::size_t k) {
-                                        ec = e;
-                                        n = k;
-                                        done = true;
-                                    });
-            if (!wait(done, left)) return std::nullopt;
-            if (ec) {
-                closed_ = true;
-                close_reason_ = ec;
-                continue;
-            }
-            decoder_.commit(n);
-        }
-    }
-
-    template <class T>
-    std::optional<T> read_until(std::chrono::milliseconds timeout = 3000ms) {
-        const auto deadline = Clock::now() + timeout;
-        for (;;) {
-            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-            if (left.count() <= 0) return std::nullopt;
-            auto m = read(left);
-            if (!m) return std::nullopt;
-            if (auto* t = std::get_if<T>(&*m)) return *t;
-        }
-    }
-
     // Reads until the server closes; returns the last ERROR it sent, if any.
     std::optional<Error> error_then_close(std::chrono::milliseconds timeout = 3000ms) {
         std::optional<Error> last;
-        const auto deadline = Clock::now() + timeout;
-        while (!closed_ && Clock::now() < deadline) {
-            auto m = read(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
-            if (m)
-                if (auto* e = std::get_if<Error>(&*m)) last = *e;
-        }
+        for (const auto& m : this->read_until_closed(timeout))
+            if (auto* e = std::get_if<Error>(&m)) last = *e;
         return last;
     }
 
     std::optional<Welcome> login(const std::string& nick, const std::string& token = {}) {
         send(Hello{nick, token, {}});
-        return read_until<Welcome>();
+        return this->template read_until<Welcome>();
     }
     std::optional<Joined> join(const std::string& room) {
         send(Join{room, false, {}});
-        return read_until<Joined>();
+        return this->template read_until<Joined>();
     }
     // SAYs `text` and waits for its DELIVER to come back.
     bool say(const std::string& room, const std::string& text) {
@@ -227,22 +181,33 @@ public:
     bool heard(const std::string& text, std::chrono::milliseconds timeout = 3000ms) {
         const auto deadline = Clock::now() + timeout;
         while (Clock::now() < deadline) {
-            auto d = read_until<Deliver>(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
+            auto d = this->template read_until<Deliver>(
+                std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
             if (!d) return false;
             if (d->text == text) return true;
         }
         return false;
     }
 
-    bool closed() const { return closed_; }
-    const asio::error_code& close_reason() const { return close_reason_; }
-
 private:
+    friend class MessageReader<StreamClient>;
+
+    std::size_t receive(asio::mutable_buffer space, std::chrono::milliseconds limit, asio::error_code& ec) {
+        bool done = false;
+        std::size_t n = 0;
+        stream_.async_read_some(space, [&](const asio::error_code& e, std::size_t k) {
+            ec = e;
+            n = k;
+            done = true;
+        });
+        if (wait(done, limit)) return n;
+        // The cancelled read's operation_aborted is our own doing, not the server closing.
+        ec = {};
+        return 0;
+    }
+
     asio::io_context io_;
     Stream stream_;
-    Decoder decoder_{16 * 1024 * 1024};
-    bool closed_ = false;
-    asio::error_code close_reason_;
 };
 
 using UnixClient = StreamClient<asio::local::stream_protocol::socket>;

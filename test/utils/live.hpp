@@ -71,60 +71,31 @@ private:
     std::thread thread_;
 };
 
-// A blocking client for tests: frames out, messages in, each read with a deadline.
-class TestClient {
+// What every blocking test client shares, whatever carries its bytes: the
+// decoder, the deadlines, and the reads built on read(). Derived supplies
+// receive(buffer, limit, ec) -> bytes read; 0 with no error means nothing came
+// within `limit`, so that each transport waits in the way it must (a TLS
+// stream, for one, may hold decrypted bytes that poll() cannot see).
+template <class Derived>
+class MessageReader {
 public:
-    explicit TestClient(std::uint16_t port) : socket_(io_) {
-        socket_.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
-        socket_.set_option(asio::ip::tcp::no_delay(true));
-    }
-    // A client with a small receive buffer, set before connecting so that the
-    // advertised window stays small: the server's writes to it stall sooner.
-    TestClient(std::uint16_t port, int receive_buffer) : socket_(io_) {
-        socket_.open(asio::ip::tcp::v4());
-        socket_.set_option(asio::socket_base::receive_buffer_size(receive_buffer));
-        socket_.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
-        socket_.set_option(asio::ip::tcp::no_delay(true));
-    }
-
-    void send(const Message& m) { send_raw(encode(m)); }
-    void send_raw(std::string_view bytes) {
-        asio::error_code ec;
-        asio::write(socket_, asio::buffer(bytes.data(), bytes.size()), ec);
-        last_send_ = Clock::now();
-    }
-    // While reading, send HEARTBEAT whenever nothing was sent for `every`, as a
-    // well-behaved client does; zero turns it off.
-    void keep_alive(std::chrono::milliseconds every) { keep_alive_ = every; }
-    // No more bytes from this side; the server may still write.
-    void shutdown_send() {
-        asio::error_code ignored;
-        socket_.shutdown(asio::socket_base::shutdown_send, ignored);
-    }
-
     // The next message, or nullopt on timeout or close (closed() tells which).
     std::optional<Message> read(std::chrono::milliseconds timeout = 3000ms) {
         const auto deadline = Clock::now() + timeout;
         Message m;
         for (;;) {
-            auto st = decoder_.next(m);
-            if (st == Decoder::Status::message) return m;
-            if (st == Decoder::Status::error || closed_) return std::nullopt;
-            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+            const auto status = decoder_.next(m);
+            if (status == Decoder::Status::message) return m;
+            if (status == Decoder::Status::error || closed_) return std::nullopt;
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
             if (left.count() <= 0) return std::nullopt;
-            if (keep_alive_.count() > 0) {
-                if (Clock::now() - last_send_ >= keep_alive_) send(Heartbeat{});
-                const auto to_beat =
-                    std::chrono::duration_cast<std::chrono::milliseconds>(last_send_ + keep_alive_ - Clock::now());
-                left = std::max(std::chrono::milliseconds{1}, std::min(left, to_beat));
-            }
-            pollfd p{socket_.native_handle(), POLLIN, 0};
-            if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
             auto space = decoder_.prepare(64 * 1024);
             asio::error_code ec;
-            const auto n = socket_.read_some(asio::buffer(space.data(), space.size()), ec);
+            const std::size_t n =
+                static_cast<Derived&>(*this).receive(asio::buffer(space.data(), space.size()), left, ec);
             if (ec) {
                 closed_ = true;
+                close_reason_ = ec;
                 continue;
             }
             decoder_.commit(n);
@@ -154,7 +125,46 @@ public:
         }
         return got;
     }
+
     bool closed() const { return closed_; }
+    const asio::error_code& close_reason() const { return close_reason_; }
+
+private:
+    Decoder decoder_{16 * 1024 * 1024};
+    bool closed_ = false;
+    asio::error_code close_reason_;
+};
+
+// A blocking client for tests: frames out, messages in, each read with a deadline.
+class TestClient : public MessageReader<TestClient> {
+public:
+    explicit TestClient(std::uint16_t port) : socket_(io_) {
+        socket_.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+        socket_.set_option(asio::ip::tcp::no_delay(true));
+    }
+    // A client with a small receive buffer, set before connecting so that the
+    // advertised window stays small: the server's writes to it stall sooner.
+    TestClient(std::uint16_t port, int receive_buffer) : socket_(io_) {
+        socket_.open(asio::ip::tcp::v4());
+        socket_.set_option(asio::socket_base::receive_buffer_size(receive_buffer));
+        socket_.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+        socket_.set_option(asio::ip::tcp::no_delay(true));
+    }
+
+    void send(const Message& m) { send_raw(encode(m)); }
+    void send_raw(std::string_view bytes) {
+        asio::error_code ec;
+        asio::write(socket_, asio::buffer(bytes.data(), bytes.size()), ec);
+        last_send_ = Clock::now();
+    }
+    // While reading, send HEARTBEAT whenever nothing was sent for `every`, as a
+    // well-behaved client does; zero turns it off.
+    void keep_alive(std::chrono::milliseconds every) { keep_alive_ = every; }
+    // No more bytes from this side; the server may still write.
+    void shutdown_send() {
+        asio::error_code ignored;
+        socket_.shutdown(asio::socket_base::shutdown_send, ignored);
+    }
 
     // HELLO, then the WELCOME.
     std::optional<Welcome> login(const std::string& nick, const std::string& resume_token = {}) {
@@ -169,10 +179,22 @@ public:
     asio::ip::tcp::socket& socket() { return socket_; }
 
 private:
+    friend class MessageReader<TestClient>;
+
+    std::size_t receive(asio::mutable_buffer space, std::chrono::milliseconds left, asio::error_code& ec) {
+        if (keep_alive_.count() > 0) {
+            if (Clock::now() - last_send_ >= keep_alive_) send(Heartbeat{});
+            const auto to_beat =
+                std::chrono::duration_cast<std::chrono::milliseconds>(last_send_ + keep_alive_ - Clock::now());
+            left = std::max(std::chrono::milliseconds{1}, std::min(left, to_beat));
+        }
+        pollfd p{socket_.native_handle(), POLLIN, 0};
+        if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) return 0;
+        return socket_.read_some(space, ec);
+    }
+
     asio::io_context io_;
     asio::ip::tcp::socket socket_;
-    Decoder decoder_{16 * 1024 * 1024};
-    bool closed_ = false;
     Clock::time_point last_send_ = Clock::now();
     std::chrono::milliseconds keep_alive_{0};
 };
