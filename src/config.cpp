@@ -107,6 +107,9 @@ std::string validate(const ServerConfig& c) {
     if (c.handshake_timeout < milliseconds{50}) return "--handshake-timeout must be at least 50ms";
     if (c.write_timeout < milliseconds{50}) return "--write-timeout must be at least 50ms";
     if (c.max_frame < 1024) return "--max-frame must be at least 1KiB";
+    if (c.hub_backlog < 16) return "--hub-backlog must be at least 16";
+    if (c.history > 0 && c.history_memory < c.max_frame + 1024)
+        return "--history-memory must hold at least one message of --max-frame";
     if (c.max_frame > 16u * 1024 * 1024) return "--max-frame must be at most 16MiB";
     if (c.queue_limit < c.max_frame)
         return "--queue-limit must be at least --max-frame, or one large message would disconnect everyone";

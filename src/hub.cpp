@@ -1,23 +1,73 @@
 #include "chat/hub.hpp"
 
+#include <sys/random.h>
+
 #include <algorithm>
+#include <array>
 #include <chrono>
 
 #include <fmt/format.h>
 
+#include "pulsechat_config.h"
+#if PULSECHAT_HAVE_OPENSSL
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#endif
+
 namespace chat {
 
+std::string make_resume_token() noexcept {
+    std::array<unsigned char, 24> bytes{};
+    bool ok = false;
+#if PULSECHAT_HAVE_OPENSSL
+    ok = RAND_bytes(bytes.data(), static_cast<int>(bytes.size())) == 1;
+#endif
+    if (!ok) ok = ::getrandom(bytes.data(), bytes.size(), 0) == static_cast<ssize_t>(bytes.size());
+    if (!ok) return {};
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string token(2 * bytes.size(), '0');
+    for (std::size_t i = 0; i < bytes.size(); ++i) {
+        token[2 * i] = hex[bytes[i] >> 4];
+        token[2 * i + 1] = hex[bytes[i] & 0xF];
+    }
+    return token;
+}
+
+namespace {
+
+// Whether a presented resume token is the one a session holds, in time that
+// does not depend on where they differ.
+bool same_token(std::string_view held, std::string_view presented) noexcept {
+    if (held.empty() || held.size() != presented.size()) return false;
+#if PULSECHAT_HAVE_OPENSSL
+    return CRYPTO_memcmp(held.data(), presented.data(), held.size()) == 0;
+#else
+    unsigned char diff = 0;
+    for (std::size_t i = 0; i < held.size(); ++i)
+        diff |= static_cast<unsigned char>(held[i] ^ presented[i]);
+    return diff == 0;
+#endif
+}
+
+// Room name, counts and the other fields of a list frame besides the list.
+constexpr std::size_t list_budget_slack = 512;
+
+template <class F>
+void on_shard(ShardPoster& poster, const std::shared_ptr<Participant>& p, F&& f) {
+    if (p->shard() == poster.current_shard())
+        f();
+    else
+        poster.post(p->shard(), std::forward<F>(f));
+}
+}  // namespace
+
 Hub::Hub(Broker& broker, ShardPoster& poster, std::size_t shard_count, HubLimits limits)
-    : broker_(broker), poster_(poster), shard_count_(shard_count), limits_(limits), rng_(std::random_device{}()) {}
+    : broker_(broker), poster_(poster), shard_count_(shard_count), limits_(limits) {}
 
 std::uint64_t Hub::now_ms() {
     return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                           std::chrono::system_clock::now().time_since_epoch())
                                           .count());
-}
-
-std::string Hub::make_resume_token() {
-    return fmt::format("{:016x}{:016x}", rng_(), rng_());
 }
 
 Hub::SessionRecord* Hub::find(std::uint64_t id) {
@@ -30,6 +80,12 @@ const Room* Hub::find_room(std::string_view name) const {
     return it == rooms_.end() ? nullptr : it->second.get();
 }
 
+std::optional<std::uint64_t> Hub::holder_of(std::string_view nick) const {
+    auto it = nicks_.find(nick);
+    if (it == nicks_.end()) return std::nullopt;
+    return it->second;
+}
+
 void Hub::send(const SessionRecord& to, SharedFrame frame) {
     const std::size_t shard = to.participant->shard();
     if (shard == poster_.current_shard()) {
@@ -39,44 +95,19 @@ void Hub::send(const SessionRecord& to, SharedFrame frame) {
     }
 }
 
-void Hub::send_error(const SessionRecord& to, ErrorCode code, std::string reason) {
-    send(to, Error{code, std::move(reason), false});
+void Hub::send_error(const SessionRecord& to, ErrorCode code, std::string_view reason) {
+    send(to, make_error(code, reason, false));
 }
 
-namespace {
-
-// Lists are cut so that a frame fits the announced size bound; the room's
-// full membership is still there, a client sees the first ones.
-constexpr std::size_t list_budget_slack = 512;  // room name, counts and other fields
-
-void fit_names(std::vector<std::string>& names, std::size_t budget) {
-    std::size_t used = 0;
-    std::size_t keep = 0;
-    for (; keep < names.size() && keep < 0xFFFF; ++keep) {
-        used += 2 + names[keep].size();
-        if (used > budget) break;
-    }
-    names.resize(keep);
-}
-
-template <class F>
-void on_shard(ShardPoster& poster, const std::shared_ptr<Participant>& p, F&& f) {
-    if (p->shard() == poster.current_shard())
-        f();
-    else
-        poster.post(p->shard(), std::forward<F>(f));
-}
-}  // namespace
-
-void Hub::login(const std::shared_ptr<Participant>& participant, std::string nick,
-                const std::string& resume_token) {
-    if (auto it = nicks_.find(nick); it != nicks_.end()) {
+void Hub::login(const std::shared_ptr<Participant>& participant, const NickName& nick,
+                std::string_view resume_token) {
+    if (auto it = nicks_.find(nick.view()); it != nicks_.end()) {
         SessionRecord* holder = find(it->second);
-        const bool may_take_over = holder != nullptr && !resume_token.empty() && holder->resume_token == resume_token;
+        const bool may_take_over = holder != nullptr && same_token(holder->resume_token, resume_token);
         if (!may_take_over) {
             on_shard(poster_, participant, [participant, nick] {
                 participant->close_with_error(ErrorCode::nick_taken,
-                                              "nickname '" + nick + "' is in use by another session");
+                                              fmt::format("nickname '{}' is in use by another session", nick.view()));
             });
             return;
         }
@@ -89,172 +120,179 @@ void Hub::login(const std::shared_ptr<Participant>& participant, std::string nic
         disconnect(old->id(), PresenceEvent::disconnected, "replaced by a new connection");
     }
     SessionRecord record{participant, nick, make_resume_token(), {}};
-    nicks_.emplace(nick, participant->id());
+    nicks_.emplace(nick.str(), participant->id());
     auto token = record.resume_token;
     sessions_.emplace(participant->id(), std::move(record));
-    on_shard(poster_, participant, [participant, nick = std::move(nick), token = std::move(token)] {
-        participant->on_login(nick, token);
+    on_shard(poster_, participant, [participant, nick, token = std::move(token)] {
+        participant->on_login(nick.str(), token);
     });
 }
 
-void Hub::join(std::uint64_t id, const Join& join) {
+void Hub::handle(std::uint64_t id, const Request& request) {
     SessionRecord* record = find(id);
     if (record == nullptr) return;
-    auto it = rooms_.find(join.room);
+    std::visit(
+        [this, record](const auto& r) {
+            using R = std::decay_t<decltype(r)>;
+            if constexpr (std::is_same_v<R, JoinRequest>)
+                join(*record, r);
+            else if constexpr (std::is_same_v<R, LeaveRequest>)
+                leave(*record, r.room);
+            else if constexpr (std::is_same_v<R, SayRequest>)
+                say(*record, r.room, r.text);
+            else if constexpr (std::is_same_v<R, WhisperRequest>)
+                whisper(*record, r.to, r.text);
+            else if constexpr (std::is_same_v<R, RenameRequest>)
+                rename(*record, r.nick);
+            else if constexpr (std::is_same_v<R, ListRequest>)
+                list(*record);
+            else
+                who(*record, r.room);
+        },
+        request);
+}
+
+void Hub::join(SessionRecord& record, const JoinRequest& join) {
+    const std::uint64_t id = record.participant->id();
+    auto it = rooms_.find(join.room.view());
     if (it != rooms_.end() && it->second->contains(id)) {
-        send_error(*record, ErrorCode::invalid_room, "already in room '" + join.room + "'");
+        send_error(record, ErrorCode::invalid_room, fmt::format("already in room '{}'", join.room.view()));
         return;
     }
-    if (record->rooms.size() >= limits_.max_rooms_per_session) {
-        send_error(*record, ErrorCode::too_many_rooms,
+    if (record.rooms.size() >= limits_.max_rooms_per_session) {
+        send_error(record, ErrorCode::too_many_rooms,
                    fmt::format("at most {} rooms per session", limits_.max_rooms_per_session));
         return;
     }
     if (it == rooms_.end()) {
         auto room = std::make_unique<Room>(join.room, shard_count_, poster_);
-        broker_.subscribe(join.room, *room);
-        it = rooms_.emplace(join.room, std::move(room)).first;
+        broker_.subscribe(join.room.view(), *room);
+        it = rooms_.emplace(join.room.str(), std::move(room)).first;
     }
     Room& room = *it->second;
-    Replay replay = broker_.replay(join.room, join);
-    // Keep the newest messages that fit the replay budget; the older ones are
+    // The newest messages that fit the replay budget; the older ones are
     // reported as missed, like messages the history no longer holds.
-    std::size_t bytes = 0;
-    std::size_t keep = 0;
-    for (auto f = replay.frames.rbegin(); f != replay.frames.rend(); ++f, ++keep) {
-        bytes += (*f)->size();
-        if (bytes > limits_.replay_budget) break;
-    }
-    if (keep < replay.frames.size()) {
-        const std::size_t cut = replay.frames.size() - keep;
-        replay.frames.erase(replay.frames.begin(), replay.frames.begin() + static_cast<std::ptrdiff_t>(cut));
-        replay.missed += cut;
-    }
+    Replay replay = broker_.replay(join.room.view(), ReplayRequest{join.resume, join.after, limits_.replay_budget});
 
+    const bool quiet_room = quiet(room.size() + 1);
     Joined joined;
-    joined.room = join.room;
+    joined.room = join.room.str();
     joined.epoch = replay.epoch;
     joined.head_seq = replay.head_seq;
     joined.missed = replay.missed;
     joined.history_count = static_cast<std::uint32_t>(replay.frames.size());
     joined.epoch_changed = replay.epoch_changed;
-    joined.members = room.nicks();
-    joined.members.push_back(record->nick);
-    fit_names(joined.members, limits_.max_frame - list_budget_slack);
+    joined.quiet = quiet_room;
+    // Join order, the joiner last; its place is kept when the list is cut.
+    // A quiet room lists only the joiner (members ask with WHO), which keeps
+    // a join O(1) in the room's size.
+    if (!quiet_room)
+        joined.members = room.nicks(limits_.max_frame - list_budget_slack - (2 + record.nick.size()), 0xFFFF - 1);
+    joined.members.emplace_back(record.nick.view());
 
     // Presence first to the others, then the joiner's own view: both are
     // ordered before any message published after this join.
-    room.broadcast(make_frame(Presence{join.room, record->nick, PresenceEvent::joined, {}}));
-    room.add(record->participant, record->nick);
-    record->rooms.push_back(join.room);
-    send(*record, joined);
-    for (auto& frame : replay.frames) send(*record, std::move(frame));
+    if (!quiet_room) room.broadcast(make_frame(make_presence(join.room, record.nick, PresenceEvent::joined)));
+    room.add(record.participant, record.nick);
+    record.rooms.push_back(join.room);
+    send(record, joined);
+    for (auto& frame : replay.frames) send(record, std::move(frame));
 }
 
-void Hub::remove_from_room(SessionRecord& record, std::string_view name, PresenceEvent event,
+void Hub::remove_from_room(SessionRecord& record, const RoomName& name, PresenceEvent event,
                            std::string_view detail) {
-    auto it = rooms_.find(name);
+    auto it = rooms_.find(name.view());
     if (it == rooms_.end()) return;
     Room& room = *it->second;
+    const bool quiet_room = quiet(room.size());
     if (!room.remove(record.participant->id())) return;
     std::erase(record.rooms, name);
     if (room.empty()) {
-        broker_.unsubscribe(name);
+        broker_.unsubscribe(name.view());
         rooms_.erase(it);
         return;
     }
-    room.broadcast(make_frame(Presence{std::string(name), record.nick, event, std::string(detail)}));
+    if (!quiet_room) room.broadcast(make_frame(make_presence(name, record.nick, event, detail)));
 }
 
-void Hub::leave(std::uint64_t id, std::string_view room) {
-    SessionRecord* record = find(id);
-    if (record == nullptr) return;
-    auto it = rooms_.find(room);
-    if (it == rooms_.end() || !it->second->contains(id)) {
-        send_error(*record, ErrorCode::not_in_room, fmt::format("not in room '{}'", room));
+void Hub::leave(SessionRecord& record, const RoomName& room) {
+    auto it = rooms_.find(room.view());
+    if (it == rooms_.end() || !it->second->contains(record.participant->id())) {
+        send_error(record, ErrorCode::not_in_room, fmt::format("not in room '{}'", room.view()));
         return;
     }
     // The leaver sees its own PRESENCE(left) as the confirmation.
-    send(*record, Presence{std::string(room), record->nick, PresenceEvent::left, {}});
-    remove_from_room(*record, room, PresenceEvent::left, {});
+    send(record, make_presence(room, record.nick, PresenceEvent::left));
+    remove_from_room(record, room, PresenceEvent::left, {});
 }
 
-void Hub::say(std::uint64_t id, std::string_view room, std::string_view text) {
-    SessionRecord* record = find(id);
-    if (record == nullptr) return;
-    auto it = rooms_.find(room);
-    if (it == rooms_.end() || !it->second->contains(id)) {
-        send_error(*record, ErrorCode::not_in_room, fmt::format("not in room '{}'", room));
+void Hub::say(SessionRecord& record, const RoomName& room, std::string_view text) {
+    auto it = rooms_.find(room.view());
+    if (it == rooms_.end() || !it->second->contains(record.participant->id())) {
+        send_error(record, ErrorCode::not_in_room, fmt::format("not in room '{}'", room.view()));
         return;
     }
-    broker_.publish(room, record->nick, text, now_ms());
+    broker_.publish(room.view(), record.nick.view(), text, now_ms());
 }
 
-void Hub::whisper(std::uint64_t id, std::string_view to, std::string_view text) {
-    SessionRecord* record = find(id);
-    if (record == nullptr) return;
-    auto it = nicks_.find(to);
+void Hub::whisper(SessionRecord& record, const NickName& to, std::string_view text) {
+    auto it = nicks_.find(to.view());
     SessionRecord* target = it == nicks_.end() ? nullptr : find(it->second);
     if (target == nullptr) {
-        send_error(*record, ErrorCode::no_such_nick, fmt::format("nobody is called '{}'", to));
+        send_error(record, ErrorCode::no_such_nick, fmt::format("nobody is called '{}'", to.view()));
         return;
     }
     const auto ts = now_ms();
-    send(*target, Whisper{record->nick, ts, std::string(text), false});
-    send(*record, Whisper{target->nick, ts, std::string(text), true});
+    send(*target, Whisper{record.nick.str(), ts, std::string(text), false});
+    send(record, Whisper{target->nick.str(), ts, std::string(text), true});
 }
 
-void Hub::rename(std::uint64_t id, std::string nick) {
-    SessionRecord* record = find(id);
-    if (record == nullptr) return;
-    if (nick == record->nick) {
-        send(*record, Nick{record->nick, nick});
+void Hub::rename(SessionRecord& record, const NickName& nick) {
+    const std::uint64_t id = record.participant->id();
+    if (nick == record.nick) {
+        send(record, Nick{record.nick.str(), nick.str()});
         return;
     }
-    if (nicks_.contains(nick)) {
-        send_error(*record, ErrorCode::nick_taken, "nickname '" + nick + "' is in use by another session");
+    if (nicks_.contains(nick.view())) {
+        send_error(record, ErrorCode::nick_taken, fmt::format("nickname '{}' is in use by another session", nick.view()));
         return;
     }
-    const std::string old = record->nick;
-    nicks_.erase(old);
-    nicks_.emplace(nick, id);
-    record->nick = nick;
-    for (const auto& name : record->rooms) {
-        auto it = rooms_.find(name);
+    const NickName old = record.nick;
+    nicks_.erase(old.str());
+    nicks_.emplace(nick.str(), id);
+    record.nick = nick;
+    for (const auto& name : record.rooms) {
+        auto it = rooms_.find(name.view());
         if (it == rooms_.end()) continue;
-        it->second->rename(id, nick);
-        it->second->broadcast(make_frame(Presence{name, old, PresenceEvent::renamed, nick}), id);
+        Room& room = *it->second;
+        room.rename(id, nick);
+        if (!quiet(room.size()))
+            room.broadcast(make_frame(make_presence(name, old, PresenceEvent::renamed, nick.view())), id);
     }
-    send(*record, Nick{old, nick});
-    auto p = record->participant;
-    on_shard(poster_, p, [p, nick] { p->on_renamed(nick); });
+    send(record, Nick{old.str(), nick.str()});
+    auto p = record.participant;
+    on_shard(poster_, p, [p, nick] { p->on_renamed(nick.str()); });
 }
 
-void Hub::list(std::uint64_t id) {
-    SessionRecord* record = find(id);
-    if (record == nullptr) return;
+void Hub::list(SessionRecord& record) {
     Rooms rooms;
-    rooms.rooms.reserve(rooms_.size());
+    rooms.rooms.reserve(std::min<std::size_t>(rooms_.size(), 4096));
     std::size_t used = 0;
     for (const auto& [name, room] : rooms_) {
         used += 2 + name.size() + 4;
         if (used > limits_.max_frame - list_budget_slack || rooms.rooms.size() == 0xFFFF) break;
         rooms.rooms.push_back(RoomInfo{name, static_cast<std::uint32_t>(room->size())});
     }
-    send(*record, rooms);
+    send(record, rooms);
 }
 
-void Hub::who(std::uint64_t id, std::string_view name) {
-    SessionRecord* record = find(id);
-    if (record == nullptr) return;
-    auto it = rooms_.find(name);
+void Hub::who(SessionRecord& record, const RoomName& name) {
+    auto it = rooms_.find(name.view());
     if (it == rooms_.end()) {
-        send_error(*record, ErrorCode::invalid_room, fmt::format("no room called '{}'", name));
+        send_error(record, ErrorCode::invalid_room, fmt::format("no room called '{}'", name.view()));
         return;
     }
-    Members members{std::string(name), it->second->nicks()};
-    fit_names(members.nicks, limits_.max_frame - list_budget_slack);
-    send(*record, members);
+    send(record, Members{name.str(), it->second->nicks(limits_.max_frame - list_budget_slack)});
 }
 
 void Hub::disconnect(std::uint64_t id, PresenceEvent event, std::string_view detail) {
@@ -262,7 +300,7 @@ void Hub::disconnect(std::uint64_t id, PresenceEvent event, std::string_view det
     if (it == sessions_.end()) return;
     SessionRecord record = std::move(it->second);
     sessions_.erase(it);
-    if (auto n = nicks_.find(record.nick); n != nicks_.end() && n->second == id) nicks_.erase(n);
+    if (auto n = nicks_.find(record.nick.view()); n != nicks_.end() && n->second == id) nicks_.erase(n);
     const auto rooms = record.rooms;
     for (const auto& room : rooms) remove_from_room(record, room, event, detail);
 }

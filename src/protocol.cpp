@@ -339,6 +339,7 @@ struct Layout<Joined> {
         io.u32(m.history_count);
         io.boolean(m.epoch_changed);
         io.list(m.members, 2, [](auto& inner, auto& nick) { inner.short_string(nick); });
+        io.flag(m.quiet);
     }
 };
 

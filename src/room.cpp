@@ -4,51 +4,63 @@
 
 namespace chat {
 
-Room::Room(std::string name, std::size_t shard_count, ShardPoster& poster)
-    : name_(std::move(name)), poster_(poster), by_shard_(shard_count) {}
+Room::Room(const RoomName& name, std::size_t shard_count, ShardPoster& poster)
+    : name_(name), poster_(poster), by_shard_(shard_count) {}
 
-bool Room::add(std::shared_ptr<Participant> participant, std::string nick) {
-    if (!ids_.insert(participant->id()).second) return false;
-    const std::size_t shard = participant->shard();
-    members_.push_back(Member{std::move(participant), std::move(nick)});
-    rebuild_shard(shard);
+Room::Snapshot& Room::writable_shard(std::size_t shard) {
+    auto& list = by_shard_[shard];
+    // use_count() == 1: only this room holds the list, and only the hub's
+    // thread could copy the pointer, so nobody can start reading it meanwhile.
+    if (!list)
+        list = std::make_shared<Snapshot>();
+    else if (list.use_count() > 1)
+        list = std::make_shared<Snapshot>(*list);
+    return *list;
+}
+
+bool Room::add(std::shared_ptr<Participant> participant, const NickName& nick) {
+    const std::uint64_t id = participant->id();
+    if (!ids_.insert(id).second) return false;
+    writable_shard(participant->shard()).push_back(participant);
+    members_.push_back(Member{id, std::move(participant), nick});
     return true;
 }
 
 bool Room::remove(std::uint64_t id) {
     if (ids_.erase(id) == 0) return false;
-    auto it = std::find_if(members_.begin(), members_.end(),
-                           [id](const Member& m) { return m.participant->id() == id; });
+    auto it = std::find_if(members_.begin(), members_.end(), [id](const Member& m) { return m.id == id; });
     const std::size_t shard = it->participant->shard();
+    const Participant* gone = it->participant.get();
     members_.erase(it);
-    rebuild_shard(shard);
+    Snapshot& list = writable_shard(shard);
+    std::erase_if(list, [gone](const std::shared_ptr<Participant>& p) { return p.get() == gone; });
+    if (list.empty()) by_shard_[shard].reset();
     return true;
 }
 
-void Room::rename(std::uint64_t id, const std::string& nick) {
+void Room::rename(std::uint64_t id, const NickName& nick) {
     for (Member& m : members_)
-        if (m.participant->id() == id) m.nick = nick;
+        if (m.id == id) m.nick = nick;
 }
 
-std::vector<std::string> Room::nicks() const {
+std::vector<std::string> Room::nicks(std::size_t budget, std::size_t max_count) const {
     std::vector<std::string> out;
-    out.reserve(members_.size());
-    for (const Member& m : members_) out.push_back(m.nick);
+    std::size_t used = 0;
+    for (const Member& m : members_) {
+        if (out.size() >= max_count) break;
+        used += 2 + m.nick.size();
+        if (used > budget) break;
+        out.emplace_back(m.nick.view());
+    }
     return out;
-}
-
-void Room::rebuild_shard(std::size_t shard) {
-    auto snapshot = std::make_shared<Snapshot>();
-    for (const Member& m : members_)
-        if (m.participant->shard() == shard) snapshot->push_back(m.participant);
-    by_shard_[shard] = snapshot->empty() ? nullptr : std::move(snapshot);
 }
 
 void Room::broadcast(const SharedFrame& frame, std::uint64_t except) {
     const std::size_t here = poster_.current_shard();
     for (std::size_t shard = 0; shard < by_shard_.size(); ++shard) {
-        // A local copy of the pointer keeps the list alive even if a member's
-        // deliver() leads to a membership change.
+        // A local copy of the pointer keeps the list alive (and unchanged: a
+        // change meanwhile copies it) even if a member's deliver() leads to a
+        // membership change.
         std::shared_ptr<const Snapshot> members = by_shard_[shard];
         if (!members) continue;
         if (shard == here) {

@@ -65,17 +65,26 @@ Server::Server(ServerConfig config)
       }()),
       hub_context_(*shards_[0]),
       log_(server_log()),
-      broker_(config_.history),
-      hub_(broker_, *this, shards_.size(), HubLimits{config_.max_rooms_per_session, config_.max_frame, config_.queue_limit / 2}),
+      broker_(config_.history, config_.history_memory),
+      hub_(broker_, *this, shards_.size(),
+           HubLimits{config_.max_rooms_per_session, config_.max_frame, config_.queue_limit / 2, config_.presence_limit}),
       env_{config_, hub_, hub_context_.get_executor(), log_, PULSECHAT_VERSION, {}},
       access_(AuthLimits{config_.auth_max_failures, config_.auth_window, config_.auth_lockout}),
       signals_(hub_context_),
       drain_timer_(hub_context_),
+      summary_timer_(hub_context_),
       live_(shards_.size()) {
     for (auto& shard : shards_) {
         work_.push_back(asio::make_work_guard(*shard));
         env_.flush_lists.push_back(std::make_unique<FlushList>(shard->get_executor()));
+        env_.hub_gates.push_back(std::make_unique<HubGate>(shard->get_executor(), config_.hub_backlog));
     }
+    env_.close_after_bug = [this](std::size_t shard, std::uint64_t id) {
+        post(shard, [this, shard, id] {
+            if (auto it = live_[shard].find(id); it != live_[shard].end())
+                if (auto s = it->second.lock()) s->close_with_error(ErrorCode::internal, "internal error");
+        });
+    };
     env_.on_finished = [this](std::uint64_t id) { session_finished(this_shard, id); };
     // Writes to a peer that has gone must come back as EPIPE, never end the process.
     std::signal(SIGPIPE, SIG_IGN);
@@ -248,17 +257,53 @@ void Server::run(bool handle_signals) {
                    format_duration(*config_.tcp_user_timeout));
 
     if (handle_signals) catch_signals();
+    summarize_connections();
     std::vector<std::thread> threads;
     for (std::size_t i = 1; i < shards_.size(); ++i)
         threads.emplace_back([this, i] {
             this_shard = i;
-            shards_[i]->run();
+            run_shard(i);
         });
     this_shard = 0;
-    hub_context_.run();
+    run_shard(0);
     for (auto& t : threads) t.join();
     log_->info("shutdown complete");
     log_->flush();
+}
+
+void Server::run_shard(std::size_t shard) {
+    // A handler that throws is a bug. The session handlers catch their own
+    // and close the session involved; whatever still escapes is logged here
+    // and the loop goes on, so no bug in one handler ends the process.
+    for (;;) {
+        try {
+            shards_[shard]->run();
+            return;
+        } catch (const std::exception& e) {
+            env_.bugs.fetch_add(1, std::memory_order_relaxed);
+            log_->error("bug: a handler on shard {} threw: {}; serving on", shard, e.what());
+        } catch (...) {
+            env_.bugs.fetch_add(1, std::memory_order_relaxed);
+            log_->error("bug: a handler on shard {} threw a non-exception; serving on", shard);
+        }
+    }
+}
+
+void Server::summarize_connections() {
+    // Connections that end before HELLO, and refused ones, are logged at
+    // debug level one by one and here once a second in sum: a flood of them
+    // cannot flood the log.
+    if (finished_) return;
+    summary_timer_.expires_after(std::chrono::seconds(1));
+    summary_timer_.async_wait([this](const asio::error_code& ec) {
+        if (ec || finished_) return;
+        const auto ended = env_.ended_before_hello.exchange(0, std::memory_order_relaxed);
+        const auto refused = env_.refused.exchange(0, std::memory_order_relaxed);
+        if (ended > 0 || refused > 0)
+            log_->info("in the last second: {} connection(s) ended before HELLO, {} refused ({} open)", ended,
+                       refused, live_sessions_.load());
+        summarize_connections();
+    });
 }
 
 void Server::catch_signals() {
@@ -413,12 +458,13 @@ void Server::launch(Stream stream, std::size_t shard, const std::string& peer, c
         rejection.emplace(ErrorCode::too_many_connections_from_address,
                           fmt::format("at most {} connections from one address", config_.max_per_ip));
     }
-    if (rejection)
-        log_->warn("session {} {}: refused: {}", id, peer, rejection->second);
-    else if (std::string_view(transport) == "tcp")
-        log_->info("session {} {}: connected (shard {})", id, peer, shard);
-    else
-        log_->info("session {} {}: connected (shard {}, {})", id, peer, shard, transport);
+    // One by one at debug level only: the per-second summary counts them.
+    if (rejection) {
+        env_.refused.fetch_add(1, std::memory_order_relaxed);
+        log_->debug("session {} {}: refused: {}", id, peer, rejection->second);
+    } else {
+        log_->debug("session {} {}: connected (shard {}, {})", id, peer, shard, transport);
+    }
 
     ++live_sessions_;
     ++per_address_[address];
@@ -479,6 +525,7 @@ void Server::finish() {
     if (finished_) return;
     finished_ = true;
     drain_timer_.cancel();
+    summary_timer_.cancel();
     asio::error_code ignored;
     signals_.cancel(ignored);
     close_listeners();

@@ -9,6 +9,13 @@
 
 namespace chat {
 
+// What a program returns when CLI11 stopped parsing: 0 after --help or
+// --version, 2 for every bad command line (CLI11's own codes, 105 to 114,
+// would tell a script nothing it can rely on).
+inline int exit_status(const CLI::App& app, const CLI::ParseError& error) {
+    return app.exit(error) == 0 ? 0 : 2;
+}
+
 inline CLI::Option* add_duration_option(CLI::App& app, const std::string& name, Duration& target,
                                         const std::string& description) {
     return app

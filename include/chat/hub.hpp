@@ -1,19 +1,24 @@
 // The one owner of rooms and nicknames. Every call runs on the hub shard (shard 0).
+//
+// The hub takes only checked input (RoomName, NickName, Request: see
+// request.hpp), and every frame it builds from a client's words goes through
+// the clipping builders of names.hpp, so no request can make it throw.
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <map>
 #include <memory>
-#include <random>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
-#include <unordered_set>
+#include <vector>
 
 #include "chat/broker.hpp"
+#include "chat/names.hpp"
 #include "chat/participant.hpp"
 #include "chat/protocol.hpp"
+#include "chat/request.hpp"
 #include "chat/room.hpp"
 
 namespace chat {
@@ -25,49 +30,70 @@ struct HubLimits {
     // A JOIN's replay is cut (oldest first) to fit these bytes, so that a joiner
     // is never a slow consumer by the history alone; what was cut counts as missed.
     std::size_t replay_budget = 2 * 1024 * 1024;
+    // Rooms with more members than this are quiet (IRC's auditorium mode): joins,
+    // leaves, renames and disconnects are not announced, and JOINED lists only
+    // the joiner. 0: every room announces everything.
+    std::size_t presence_limit = 1000;
 };
+
+// Where resume tokens come from: 192 bits from OpenSSL's RAND_bytes (the
+// kernel's getrandom() without OpenSSL), as 48 hex digits. Empty, meaning
+// "no resumption offered", only if neither source works.
+std::string make_resume_token() noexcept;
 
 class Hub {
 public:
     Hub(Broker& broker, ShardPoster& poster, std::size_t shard_count, HubLimits limits);
 
-    // HELLO, after the session checked the nick's form. Answers through
-    // on_login() or close_with_error().
-    void login(const std::shared_ptr<Participant>& participant, std::string nick,
-               const std::string& resume_token);
-    void join(std::uint64_t id, const Join& join);
-    void leave(std::uint64_t id, std::string_view room);
-    void say(std::uint64_t id, std::string_view room, std::string_view text);
-    void whisper(std::uint64_t id, std::string_view to, std::string_view text);
-    void rename(std::uint64_t id, std::string nick);
-    void list(std::uint64_t id);
-    void who(std::uint64_t id, std::string_view room);
+    // HELLO, after the session checked the nick. Answers through on_login()
+    // or close_with_error().
+    void login(const std::shared_ptr<Participant>& participant, const NickName& nick,
+               std::string_view resume_token);
+    // Any checked request of a logged-in session; unknown ids are ignored (the
+    // session may have gone while its request was on the way).
+    void handle(std::uint64_t id, const Request& request);
     // The session is gone: its rooms see `event`, its nick is free. Idempotent.
     void disconnect(std::uint64_t id, PresenceEvent event, std::string_view detail);
 
+    // --- for tests, the fuzz target and metrics ---
     std::size_t session_count() const noexcept { return sessions_.size(); }
+    std::size_t nick_count() const noexcept { return nicks_.size(); }
     std::size_t room_count() const noexcept { return rooms_.size(); }
     const Room* find_room(std::string_view name) const;
+    // The session holding `nick`, if any.
+    std::optional<std::uint64_t> holder_of(std::string_view nick) const;
+    const HubLimits& limits() const noexcept { return limits_; }
 
 private:
     struct SessionRecord {
         std::shared_ptr<Participant> participant;
-        std::string nick;
+        NickName nick;
         std::string resume_token;
-        std::vector<std::string> rooms;  // join order
+        std::vector<RoomName> rooms;  // join order
     };
     struct StringHash {
         using is_transparent = void;
         std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
     };
 
+    void join(SessionRecord& record, const JoinRequest& join);
+    void leave(SessionRecord& record, const RoomName& room);
+    void say(SessionRecord& record, const RoomName& room, std::string_view text);
+    void whisper(SessionRecord& record, const NickName& to, std::string_view text);
+    void rename(SessionRecord& record, const NickName& nick);
+    void list(SessionRecord& record);
+    void who(SessionRecord& record, const RoomName& room);
+
     void send(const SessionRecord& to, SharedFrame frame);
     void send(const SessionRecord& to, const Message& message) { send(to, make_frame(message)); }
-    void send_error(const SessionRecord& to, ErrorCode code, std::string reason);
+    void send_error(const SessionRecord& to, ErrorCode code, std::string_view reason);
     SessionRecord* find(std::uint64_t id);
-    void remove_from_room(SessionRecord& record, std::string_view room, PresenceEvent event,
+    // A room with more members than the presence limit announces nothing.
+    bool quiet(std::size_t members) const noexcept {
+        return limits_.presence_limit > 0 && members > limits_.presence_limit;
+    }
+    void remove_from_room(SessionRecord& record, const RoomName& room, PresenceEvent event,
                           std::string_view detail);
-    std::string make_resume_token();
     static std::uint64_t now_ms();
 
     Broker& broker_;
@@ -77,7 +103,6 @@ private:
     std::unordered_map<std::uint64_t, SessionRecord> sessions_;
     std::unordered_map<std::string, std::uint64_t, StringHash, std::equal_to<>> nicks_;
     std::map<std::string, std::unique_ptr<Room>, std::less<>> rooms_;
-    std::mt19937_64 rng_;
 };
 
 }  // namespace chat

@@ -55,6 +55,7 @@ enum class FrameType : std::uint8_t {
 inline constexpr std::uint16_t flag_history = 0x0001;  // DELIVER: replayed from history
 inline constexpr std::uint16_t flag_fatal = 0x0001;    // ERROR: the sender closes after it
 inline constexpr std::uint16_t flag_echo = 0x0001;     // WHISPER: copy of one the receiver sent
+inline constexpr std::uint16_t flag_quiet = 0x0001;    // JOINED: presence is not announced in this room
 
 // Stable numeric error codes carried by ERROR frames. Never renumber.
 enum class ErrorCode : std::uint16_t {
@@ -130,6 +131,10 @@ struct Joined {
     std::uint32_t history_count = 0;  // DELIVER(history) frames that follow
     bool epoch_changed = false;       // resume point was from another epoch of this room
     std::vector<std::string> members;
+    // Header flag bit 0: the room is over the server's presence limit, so its
+    // joins and leaves are not announced and `members` lists only the joiner
+    // (PROTOCOL.md 6.4). Version-1 clients that predate it ignore the bit.
+    bool quiet = false;
     friend bool operator==(const Joined&, const Joined&) = default;
 };
 

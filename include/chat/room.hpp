@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "chat/broker.hpp"
+#include "chat/names.hpp"
 #include "chat/participant.hpp"
 
 namespace chat {
@@ -25,20 +26,21 @@ public:
 
 class Room final : public Broker::Subscriber {
 public:
-    Room(std::string name, std::size_t shard_count, ShardPoster& poster);
+    Room(const RoomName& name, std::size_t shard_count, ShardPoster& poster);
 
-    const std::string& name() const noexcept { return name_; }
+    const RoomName& name() const noexcept { return name_; }
     std::size_t size() const noexcept { return members_.size(); }
     bool empty() const noexcept { return members_.empty(); }
     bool contains(std::uint64_t id) const { return ids_.contains(id); }
 
     // Returns false if the participant is a member already.
-    bool add(std::shared_ptr<Participant> participant, std::string nick);
+    bool add(std::shared_ptr<Participant> participant, const NickName& nick);
     // Returns false if it was not a member.
     bool remove(std::uint64_t id);
-    void rename(std::uint64_t id, const std::string& nick);
-    // Nicks in join order.
-    std::vector<std::string> nicks() const;
+    void rename(std::uint64_t id, const NickName& nick);
+    // Nicks in join order, as many as fit `budget` bytes of a list<str16>
+    // (2 + length each) and at most `max_count`: only those are copied.
+    std::vector<std::string> nicks(std::size_t budget, std::size_t max_count = 0xFFFF) const;
 
     // Queues `frame` to every member (but `except`, when non-zero) in one order.
     void broadcast(const SharedFrame& frame, std::uint64_t except = 0);
@@ -48,21 +50,25 @@ public:
 
 private:
     struct Member {
+        std::uint64_t id;
         std::shared_ptr<Participant> participant;
-        std::string nick;
+        NickName nick;
     };
     using Snapshot = std::vector<std::shared_ptr<Participant>>;
 
-    void rebuild_shard(std::size_t shard);
+    // The list of `shard`'s members, ready to change: the one in use if no
+    // fan-out on its way to that shard holds it, else a fresh copy.
+    Snapshot& writable_shard(std::size_t shard);
 
-    std::string name_;
+    RoomName name_;
     ShardPoster& poster_;
     std::vector<Member> members_;  // join order
     std::unordered_set<std::uint64_t> ids_;
-    // Per shard, an immutable list of that shard's members: a message to another
-    // shard carries this pointer rather than a copy of the list. Rebuilt only
-    // when membership changes.
-    std::vector<std::shared_ptr<const Snapshot>> by_shard_;
+    // Per shard, the list of that shard's members: a message to another shard
+    // carries this pointer rather than a copy of the list. Changed in place
+    // while nothing else holds it (so a join storm costs O(1) per join, not a
+    // copy of the room), copied when a fan-out in flight still does.
+    std::vector<std::shared_ptr<Snapshot>> by_shard_;
 };
 
 }  // namespace chat

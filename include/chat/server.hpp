@@ -65,6 +65,11 @@ public:
     // The most bytes any one session has held for its peer (see SessionEnv).
     std::size_t peak_queued_bytes() const noexcept { return env_.peak_queued_bytes.load(); }
     const ServerConfig& config() const noexcept { return config_; }
+    // Counters of what the sessions met (SessionEnv), for tests and metrics.
+    const SessionEnv& session_env() const noexcept { return env_; }
+    // The hub gate of `shard` (backpressure with --threads > 1).
+    const HubGate& hub_gate(std::size_t shard) const { return *env_.hub_gates.at(shard); }
+    const LocalBroker& broker() const noexcept { return broker_; }
 
 private:
     // ShardPoster
@@ -89,6 +94,8 @@ private:
     void begin_shutdown(const std::string& reason);
     void finish();
     void wait_for_signal();
+    void run_shard(std::size_t shard);
+    void summarize_connections();
 
     ServerConfig config_;
     std::vector<std::unique_ptr<asio::io_context>> shards_;
@@ -110,6 +117,7 @@ private:
     std::atomic<std::size_t> reloads_{0};
     asio::signal_set signals_;
     asio::steady_timer drain_timer_;
+    asio::steady_timer summary_timer_;
 
     // Per shard, the sessions it owns; each map is touched only on its shard.
     std::vector<std::unordered_map<std::uint64_t, std::weak_ptr<SessionBase>>> live_;

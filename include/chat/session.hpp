@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -30,9 +32,12 @@
 #include "chat/config.hpp"
 #include "chat/flush_list.hpp"
 #include "chat/hub.hpp"
+#include "chat/hub_gate.hpp"
+#include "chat/names.hpp"
 #include "chat/participant.hpp"
 #include "chat/protocol.hpp"
 #include "chat/rate_limiter.hpp"
+#include "chat/request.hpp"
 #include "chat/tls.hpp"
 
 namespace chat {
@@ -53,7 +58,27 @@ struct SessionEnv {
     AccessControl* access = nullptr;
     // One per shard: where sessions with frames to write wait for the write pass.
     std::vector<std::unique_ptr<FlushList>> flush_lists{};
+    // One per shard: its requests on their way to the hub (used when shard != 0).
+    std::vector<std::unique_ptr<HubGate>> hub_gates{};
+    // A handler threw (a bug): close session `id` on `shard` with ERROR internal.
+    // Called on any thread.
+    std::function<void(std::size_t shard, std::uint64_t id)> close_after_bug{};
+
+    // Counters for logs, tests and metrics (relaxed; none is on the per-delivery path).
+    // Heartbeat expiries not carried out because the peer's bytes were waiting
+    // in the socket: the peer was alive, the server behind.
+    std::atomic<std::uint64_t> expiries_averted{0};
+    // Handlers that threw: each is a bug, logged once and survived.
+    std::atomic<std::uint64_t> bugs{0};
+    // Connections that ended before their HELLO, and refused ones: summed up
+    // in one log line per second rather than logged one by one.
+    std::atomic<std::uint64_t> ended_before_hello{0};
+    std::atomic<std::uint64_t> refused{0};
 };
+
+// Largest payload a connection may send before its HELLO: a HELLO is a nick
+// and two tokens, so a stranger cannot make the server buffer a whole max_frame.
+inline constexpr std::uint32_t max_frame_before_hello = 4096;
 
 // The transport-independent face of a session, for the server's registries.
 class SessionBase : public Participant, public Flushable {
@@ -76,7 +101,7 @@ public:
           shard_(shard),
           peer_(std::move(peer)),
           env_(env),
-          decoder_(env.config.max_frame),
+          decoder_(max_frame_before_hello),
           limiter_(env.config.rate, env.config.burst),
           watchdog_(stream_.get_executor()) {}
 
@@ -149,8 +174,10 @@ public:
 
     void close_with_error(ErrorCode code, const std::string& reason) override {
         if (stopped_ || closing_) return;
-        env_.log->info("session {} {}: closing: {} ({})", id_, peer_, reason, to_string(code));
-        send_control(make_frame(Error{code, reason, true}));
+        // Before HELLO a connection is anyone's: its end goes into the per-second summary.
+        env_.log->log(hello_seen_ ? spdlog::level::info : spdlog::level::debug, "session {} {}: closing: {} ({})",
+                      id_, peer_, log_safe(reason), to_string(code));
+        send_control(make_frame(make_error(code, reason, true)));
         begin_close(presence_for(code), reason);
     }
 
@@ -158,9 +185,15 @@ public:
 
     void shutdown(const std::string& reason) override {
         if (stopped_ || closing_) return;
+        if (!transport_ready_) {
+            // A TLS handshake still going: nothing was promised to this peer,
+            // so it does not hold up the drain.
+            stop(PresenceEvent::disconnected, reason);
+            return;
+        }
         // Unlike the other control frames, BYE waits behind the room traffic
         // already queued: a shutdown delivers what was queued, then says BYE.
-        auto bye = make_frame(Bye{reason});
+        auto bye = make_frame(make_bye(reason));
         queued_bytes_ += bye->size();
         note_peak();
         queue_.push_back(std::move(bye));
@@ -243,18 +276,22 @@ private:
                 if (!ec) decoder_.commit(n);
                 if (is_tls_truncation(ec)) ec = asio::error::eof;  // closed without close_notify
             }
+            if (ec == asio::error::eof) peer_eof_ = true;
             if (ec == asio::error::eof && (closing_ || decoder_.buffered() > 0)) {
                 // The peer half-closed: while closing, or in the middle of a
                 // frame (which earns an ERROR), the writer still gets to send
                 // what is queued, then closes; the watchdog bounds the wait.
                 if (!closing_)
                     protocol_violation(ErrorCode::malformed_frame, "connection closed in the middle of a frame");
+                // Our side is shut already: the peer's EOF was all we waited for.
+                if (send_shut_) stop(close_event_, close_reason_);
                 break;
             }
             if (ec) {
-                if (is_tls_stream<Stream> && closing_) {
+                if ((is_tls_stream<Stream> || send_shut_) && closing_) {
                     // The close_notify exchange races the peer's own close
-                    // (typically a reset after its BYE): the reason is the close's.
+                    // (typically a reset after its BYE), or the peer reset
+                    // while we waited for its EOF: the reason is the close's.
                     stop(close_event_, close_reason_);
                     break;
                 }
@@ -267,8 +304,9 @@ private:
                 break;
             }
             if (closing_) {
-                // Draining: what the peer sends now is read and dropped.
-                decoder_ = Decoder(env_.config.max_frame);
+                // Draining: what the peer sends now is read and dropped, so
+                // that unread input never turns our close into a reset.
+                decoder_ = Decoder(max_frame());
                 continue;
             }
             for (bool first = true;; first = false) {
@@ -282,14 +320,32 @@ private:
                 // trickles a frame one byte at a time is not kept alive by it.
                 if (first && (logged_in_ || hello_seen_))
                     rx_deadline_ = Clock::now() + env_.config.heartbeat_timeout;
-                handle(message);
+                handle_guarded(message);
                 if (closing_ || stopped_) break;
             }
+            // A huge SAY once received must not stay with an idle session.
+            if (holds_big_text(message)) message = Heartbeat{};
             if constexpr (waits_for_readiness) {
                 // Nothing half-read: give the buffer back (an idle session keeps none).
-                if (decoder_.buffered() == 0 && !closing_) decoder_ = Decoder(env_.config.max_frame);
+                if (decoder_.buffered() == 0 && !closing_) decoder_ = Decoder(max_frame());
+            }
+            if (shard_ != 0 && !closing_ && !stopped_ && env_.hub_gates[shard_]->full()) {
+                // The hub is behind this shard's requests: read no more until
+                // it catches up. Bytes wait in the socket meanwhile, which the
+                // watchdog counts as a sign of life (see arm_watchdog).
+                co_await env_.hub_gates[shard_]->wait_until_open();
             }
         }
+    }
+
+    // The decoder's bound: a few KiB until HELLO, then --max-frame.
+    std::uint32_t max_frame() const noexcept { return hello_seen_ ? env_.config.max_frame : max_frame_before_hello; }
+
+    static bool holds_big_text(const Message& m) noexcept {
+        constexpr std::size_t keep = 4096;
+        if (const auto* say = std::get_if<Say>(&m)) return say->text.capacity() > keep;
+        if (const auto* whisper = std::get_if<Whisper>(&m)) return whisper->text.capacity() > keep;
+        return false;
     }
 
     // Started when a write has to wait (socket buffer full), when the stream
@@ -313,6 +369,17 @@ private:
                     } else {
                         asio::error_code ignored;
                         stream_.lowest_layer().shutdown(asio::socket_base::shutdown_send, ignored);
+                        if (!peer_eof_) {
+                            // Closing now, with the peer's input unread, would
+                            // make the kernel send a reset, and a reset makes
+                            // the peer's kernel drop what we sent last (the
+                            // BYE, the fatal ERROR). The reader drains until
+                            // the peer's EOF; the watchdog bounds the wait.
+                            send_shut_ = true;
+                            close_deadline_ = std::min(close_deadline_, Clock::now() + short_grace());
+                            watchdog_.cancel();
+                            break;
+                        }
                     }
                     stop(close_event_, close_reason_);
                     break;
@@ -322,6 +389,7 @@ private:
             asio::error_code ec;
             if constexpr (waits_for_readiness) {
                 if (write_now(ec) == WriteResult::would_block) {
+                    plan_write_deadline();
                     auto [wait_ec] =
                         co_await stream_.async_wait(asio::socket_base::wait_write, as_tuple(asio::use_awaitable));
                     if (!wait_ec) continue;
@@ -331,6 +399,7 @@ private:
                 auto& buffers = buffers_;
                 buffers.clear();
                 for (const auto& f : in_flight_) buffers.emplace_back(f->data(), f->size());
+                plan_write_deadline();
                 auto [write_ec, n] = co_await asio::async_write(stream_, buffers, as_tuple(asio::use_awaitable));
                 ec = write_ec;
             }
@@ -360,6 +429,7 @@ private:
                 return;
             case WriteResult::would_block:
                 start_writer();  // the rest waits for writability there
+                plan_write_deadline();
                 return;
             case WriteResult::failed:
                 stop(PresenceEvent::disconnected, "write failed: " + ec.message());
@@ -393,6 +463,38 @@ private:
         last_tx_ = Clock::now();
         in_flight_bytes_ = 0;
         in_flight_.clear();
+        if (queue_.empty() && control_.empty()) release_backlog_memory();
+    }
+
+    // After a backlog the queues' arrays keep their size; a session that once
+    // held thousands of frames gives that memory back once it is drained.
+    // Steady traffic (batches of fewer frames) keeps its arrays: no
+    // allocation per batch.
+    void release_backlog_memory() {
+        constexpr std::size_t keep = 256;
+        const auto release = [](auto& v) {
+            if (v.capacity() > keep) std::remove_reference_t<decltype(v)>().swap(v);
+        };
+        release(in_flight_);
+        release(queue_);
+        release(control_);
+        release(iov_);
+        release(buffers_);
+    }
+
+    // A write that has to wait is bounded by --write-timeout: make sure the
+    // watchdog wakes by then (it may sleep towards a later deadline).
+    void plan_write_deadline() {
+        if (!writing_ || closing_) return;
+        if (watchdog_.expiry() > write_started_ + env_.config.write_timeout) watchdog_.cancel();
+    }
+
+    // Bytes the peer sent that wait unread in the socket (SIOCINQ): proof
+    // that it is alive even when the server has not got round to reading.
+    std::size_t unread_bytes() noexcept {
+        int n = 0;
+        if (::ioctl(stream_.lowest_layer().native_handle(), SIOCINQ, &n) != 0) return 0;
+        return n > 0 ? static_cast<std::size_t>(n) : 0;
     }
 
     enum class WriteResult { done, would_block, failed };
@@ -477,11 +579,30 @@ private:
             if (stopped_) return;
             const auto now = Clock::now();
             if (now >= rx_deadline_ && !closing_) {
+                if (const std::size_t waiting = unread_bytes(); waiting > 0) {
+                    // The peer sent something we have not read yet: it is
+                    // alive and the server is behind (a join storm, a paused
+                    // reader). Read it instead of expiring a live peer.
+                    env_.expiries_averted.fetch_add(1, std::memory_order_relaxed);
+                    env_.log->warn("session {} {}{}: deadline passed with {} unread bytes waiting: the server is "
+                                   "behind, not the peer; not expiring it",
+                                   id_, peer_, nick_.empty() ? "" : " '" + nick_ + "'", waiting);
+                    rx_deadline_ = now + std::min(cfg.heartbeat_interval, cfg.heartbeat_timeout);
+                    continue;
+                }
                 if (!logged_in_ && !hello_seen_) {
-                    env_.log->info("session {} {}: no HELLO within {}", id_, peer_,
-                                   format_duration(cfg.handshake_timeout));
+                    env_.log->debug("session {} {}: no HELLO within {}", id_, peer_,
+                                    format_duration(cfg.handshake_timeout));
                     close_with_error(ErrorCode::handshake_timeout,
                                      "no HELLO within " + format_duration(cfg.handshake_timeout));
+                } else if (!logged_in_) {
+                    // The client did its part; the hub has not answered its
+                    // HELLO (the server is overloaded): not a heartbeat timeout.
+                    env_.log->warn("session {} {}: the hub did not answer HELLO within {}; closing", id_, peer_,
+                                   format_duration(cfg.heartbeat_timeout));
+                    close_with_error(ErrorCode::internal, "the server did not answer HELLO within " +
+                                                              format_duration(cfg.heartbeat_timeout) +
+                                                              " (overloaded); try again later");
                 } else {
                     env_.log->warn("session {} {} '{}': heartbeat timeout: nothing received for {}", id_, peer_,
                                    nick_, format_duration(cfg.heartbeat_timeout));
@@ -489,9 +610,9 @@ private:
                     // ERROR gets a short grace to go out, no more.
                     leave_hub(PresenceEvent::timed_out, "heartbeat timeout");
                     drop_queued();
-                    send_control(make_frame(Error{ErrorCode::heartbeat_timeout,
-                                                  "nothing received for " + format_duration(cfg.heartbeat_timeout),
-                                                  true}));
+                    send_control(make_frame(make_error(
+                        ErrorCode::heartbeat_timeout, "nothing received for " + format_duration(cfg.heartbeat_timeout),
+                        true)));
                     begin_close(PresenceEvent::timed_out, "heartbeat timeout", short_grace());
                 }
                 continue;
@@ -501,7 +622,10 @@ private:
                 continue;
             }
             if (closing_ && now >= close_deadline_) {
-                stop(close_event_, close_reason_ + " (peer did not take the last frames in time)");
+                // After our half-close the wait was only for the peer's EOF:
+                // everything was sent, the reason stands as it is.
+                stop(close_event_, send_shut_ ? close_reason_
+                                              : close_reason_ + " (peer did not take the last frames in time)");
                 continue;
             }
             if (logged_in_ && !closing_ && now - last_tx_ >= cfg.heartbeat_interval) {
@@ -525,6 +649,27 @@ private:
 
     // --- frames from the client ---
 
+    // A handler that throws is a bug; it ends this session, never the server.
+    void handle_guarded(Message& message) noexcept {
+        try {
+            handle(message);
+        } catch (const std::exception& e) {
+            report_bug(e.what());
+        } catch (...) {
+            report_bug("unknown exception");
+        }
+    }
+
+    void report_bug(const char* what) noexcept {
+        try {
+            env_.bugs.fetch_add(1, std::memory_order_relaxed);
+            env_.log->error("session {} {}: bug: a handler threw: {}; closing the session", id_, peer_, what);
+            close_with_error(ErrorCode::internal, "internal error");
+        } catch (...) {
+            stop(PresenceEvent::disconnected, "internal error");
+        }
+    }
+
     void handle(Message& message) {
         if (!hello_seen_) {
             if (auto* hello = std::get_if<Hello>(&message)) {
@@ -535,11 +680,76 @@ private:
             }
             return;
         }
+        if (is_request_frame(message)) {
+            on_request(message);
+            return;
+        }
         std::visit([this](auto& m) { this->on(m); }, message);
+    }
+
+    // JOIN, LEAVE, SAY, WHISPER, NICK, LIST, WHO: checked here, at the edge;
+    // the hub gets only what passed (request.hpp).
+    void on_request(const Message& frame) {
+        if (!admit()) return;
+        auto vetted = vet_request(frame);
+        if (const auto* refusal = std::get_if<Refusal>(&vetted)) {
+            send_error(refusal->code, std::string(refusal->reason));
+            return;
+        }
+        const Request& request = std::get<Request>(vetted);
+        if (const auto* join = std::get_if<JoinRequest>(&request))
+            env_.log->info("session {} {} '{}': join '{}'", id_, peer_, nick_, join->room.view());
+        else if (const auto* leave = std::get_if<LeaveRequest>(&request))
+            env_.log->info("session {} {} '{}': leave '{}'", id_, peer_, nick_, leave->room.view());
+        else if (const auto* say = std::get_if<SayRequest>(&request))
+            env_.log->debug("session {} '{}' in '{}': {}", id_, nick_, say->room.view(), log_safe(say->text));
+        submit(request);
+    }
+
+    // To the hub: directly on its own shard (no copy of the text), else
+    // posted with an owned copy and counted against this shard's hub gate.
+    void submit(const Request& request) {
+        if (shard_ == 0) {
+            run_on_hub(env_, shard_, id_, request);
+            return;
+        }
+        auto& gate = *env_.hub_gates[shard_];
+        gate.sent();
+        asio::post(env_.hub_executor, [&env = env_, &gate, shard = shard_, id = id_, owned = OwnedRequest(request)] {
+            run_on_hub(env, shard, id, owned.get());
+            gate.done();
+        });
+    }
+
+    // On the hub's thread. A hub handler that throws is a bug: the session
+    // involved is closed, the hub and every other session carry on.
+    static void run_on_hub(SessionEnv& env, std::size_t shard, std::uint64_t id, const Request& request) noexcept {
+        try {
+            env.hub.handle(id, request);
+        } catch (const std::exception& e) {
+            hub_bug(env, shard, id, request_name(request), e.what());
+        } catch (...) {
+            hub_bug(env, shard, id, request_name(request), "unknown exception");
+        }
+    }
+
+    static void hub_bug(SessionEnv& env, std::size_t shard, std::uint64_t id, std::string_view what,
+                        const char* why) noexcept {
+        try {
+            env.bugs.fetch_add(1, std::memory_order_relaxed);
+            env.log->error("session {}: bug: the hub threw on {}: {}; closing the session", id, what, why);
+            env.hub.disconnect(id, PresenceEvent::disconnected, "internal error");
+            if (env.close_after_bug) env.close_after_bug(shard, id);
+        } catch (...) {
+        }
     }
 
     void on_hello(Hello& hello) {
         hello_seen_ = true;
+        decoder_.set_max_payload(env_.config.max_frame);
+        // Until WELCOME the client waits for us: the hub's answer is bounded
+        // by the heartbeat timeout, not by the handshake deadline (arm_watchdog).
+        rx_deadline_ = Clock::now() + env_.config.heartbeat_timeout;
         if (env_.access != nullptr) {
             if (auto refusal = env_.access->check(hello.token, peer_address(peer_))) {
                 env_.log->warn("session {} {}: login refused: {}", id_, peer_, refusal->detail);
@@ -547,85 +757,29 @@ private:
                 return;
             }
         }
-        if (!is_valid_nick(hello.nick)) {
+        auto nick = NickName::parse(hello.nick);
+        if (!nick) {
             protocol_violation(ErrorCode::invalid_nick,
                                "nickname must be 1-32 characters of letters, digits, '_', '-', '.', "
                                "starting with a letter or digit");
             return;
         }
-        env_.log->debug("session {} {}: HELLO as '{}'", id_, peer_, hello.nick);
+        env_.log->debug("session {} {}: HELLO as '{}'", id_, peer_, nick->view());
         auto self = this->shared_from_this();
-        to_hub([self, nick = std::move(hello.nick), token = std::move(hello.resume_token)](Hub& hub) mutable {
-            hub.login(self, std::move(nick), token);
-        });
+        const auto login = [self, nick = *nick, token = std::move(hello.resume_token)] {
+            try {
+                self->env_.hub.login(self, nick, token);
+            } catch (const std::exception& e) {
+                hub_bug(self->env_, self->shard_, self->id_, "HELLO", e.what());
+            }
+        };
+        if (shard_ == 0)
+            login();
+        else
+            asio::post(env_.hub_executor, login);
     }
 
     void on(Hello&) { protocol_violation(ErrorCode::duplicate_hello, "HELLO was already sent on this connection"); }
-
-    void on(Join& join) {
-        if (!admit()) return;
-        if (!is_valid_room(join.room)) {
-            send_error(ErrorCode::invalid_room, "room names are 1-64 characters of letters, digits, '_', '-', '.', '#'");
-            return;
-        }
-        env_.log->info("session {} {} '{}': join '{}'", id_, peer_, nick_, join.room);
-        to_hub([id = id_, join = std::move(join)](Hub& hub) { hub.join(id, join); });
-    }
-
-    void on(Leave& leave) {
-        if (!admit()) return;
-        env_.log->info("session {} {} '{}': leave '{}'", id_, peer_, nick_, leave.room);
-        to_hub([id = id_, room = std::move(leave.room)](Hub& hub) { hub.leave(id, room); });
-    }
-
-    void on(Say& say) {
-        if (!admit()) return;
-        if (!is_valid_text(say.text)) {
-            send_error(ErrorCode::invalid_text, "text must be non-empty UTF-8 without control characters");
-            return;
-        }
-        env_.log->debug("session {} '{}' in '{}': {}", id_, nick_, say.room, say.text);
-        if (shard_ == 0) {
-            // On the hub's own thread: no copy of the text, no post.
-            env_.hub.say(id_, say.room, say.text);
-        } else {
-            asio::post(env_.hub_executor,
-                       [&hub = env_.hub, id = id_, room = std::move(say.room), text = std::move(say.text)] {
-                           hub.say(id, room, text);
-                       });
-        }
-    }
-
-    void on(Whisper& whisper) {
-        if (!admit()) return;
-        if (!is_valid_text(whisper.text)) {
-            send_error(ErrorCode::invalid_text, "text must be non-empty UTF-8 without control characters");
-            return;
-        }
-        to_hub([id = id_, to = std::move(whisper.peer), text = std::move(whisper.text)](Hub& hub) {
-            hub.whisper(id, to, text);
-        });
-    }
-
-    void on(Nick& nick) {
-        if (!admit()) return;
-        if (!is_valid_nick(nick.new_nick)) {
-            send_error(ErrorCode::invalid_nick, "nickname must be 1-32 characters of letters, digits, '_', '-', '.', "
-                                                "starting with a letter or digit");
-            return;
-        }
-        to_hub([id = id_, name = std::move(nick.new_nick)](Hub& hub) mutable { hub.rename(id, std::move(name)); });
-    }
-
-    void on(List&) {
-        if (!admit()) return;
-        to_hub([id = id_](Hub& hub) { hub.list(id); });
-    }
-
-    void on(Who& who) {
-        if (!admit()) return;
-        to_hub([id = id_, room = std::move(who.room)](Hub& hub) { hub.who(id, room); });
-    }
 
     void on(Heartbeat&) {}  // the read itself pushed the deadline forward
     void on(Pong&) {}
@@ -636,8 +790,12 @@ private:
     }
 
     void on(Bye& bye) {
-        env_.log->info("session {} {} '{}': said BYE: {}", id_, peer_, nick_, bye.reason);
-        begin_close(PresenceEvent::disconnected, bye.reason.empty() ? std::string("quit") : "quit: " + bye.reason);
+        env_.log->info("session {} {} '{}': said BYE: {}", id_, peer_, nick_, log_safe(bye.reason));
+        // The receiver of a BYE sends nothing more (PROTOCOL.md section 10):
+        // what is queued is dropped, the connection closes.
+        drop_queued();
+        begin_close(PresenceEvent::disconnected,
+                    bye.reason.empty() ? std::string("quit") : "quit: " + clip_reason(bye.reason));
     }
 
     template <class M>
@@ -668,9 +826,12 @@ private:
     // --- outcomes ---
 
     void protocol_error(DecodeError error) {
-        std::string reason(to_string(error));
+        // "SAY: truncated_field": the frame type and what was wrong with it (PROTOCOL.md 9.2).
+        const auto type = decoder_.failed_type();
+        std::string reason = fmt::format("{}: {}", to_string(static_cast<FrameType>(type)), to_string(error));
         if (error == DecodeError::frame_too_large)
-            reason = fmt::format("frame larger than the maximum of {} bytes", env_.config.max_frame);
+            reason = fmt::format("{}: frame larger than the maximum of {} bytes{}", to_string(static_cast<FrameType>(type)),
+                                 max_frame(), hello_seen_ ? "" : " before HELLO");
         else if (error == DecodeError::unsupported_version)
             reason = fmt::format("this server speaks protocol version {}", protocol_version);
         else if (error == DecodeError::unknown_type)
@@ -679,7 +840,8 @@ private:
     }
 
     void protocol_violation(ErrorCode code, const std::string& reason) {
-        env_.log->warn("session {} {}: protocol violation: {} ({})", id_, peer_, reason, to_string(code));
+        env_.log->log(hello_seen_ ? spdlog::level::warn : spdlog::level::debug,
+                      "session {} {}: protocol violation: {} ({})", id_, peer_, log_safe(reason), to_string(code));
         close_with_error(code, reason);
     }
 
@@ -695,7 +857,7 @@ private:
         }
         leave_hub(PresenceEvent::disconnected, "slow consumer");
         drop_queued();
-        send_control(make_frame(Error{ErrorCode::slow_consumer, why, true}));
+        send_control(make_frame(make_error(ErrorCode::slow_consumer, why, true)));
         begin_close(PresenceEvent::disconnected, "slow consumer: " + why, short_grace());
     }
 
@@ -707,7 +869,7 @@ private:
     }
 
     void send_error(ErrorCode code, std::string reason) {
-        auto error = make_frame(Error{code, std::move(reason), false});
+        auto error = make_frame(make_error(code, reason, false));
         if (has_room_for(*error)) send_control(std::move(error));
     }
 
@@ -715,8 +877,9 @@ private:
     // peer (waiting and in flight); otherwise the session is a slow consumer.
     bool has_room_for(const std::string& frame) {
         if (queued_bytes_ + in_flight_bytes_ + frame.size() <= env_.config.queue_limit) return true;
-        slow_consumer(fmt::format("write queue over {} ({} bytes held)", format_size(env_.config.queue_limit),
-                                  queued_bytes_ + in_flight_bytes_));
+        slow_consumer(fmt::format("write queue full: {} bytes held for the peer, and a {}-byte frame would pass "
+                                  "the limit of {}",
+                                  queued_bytes_ + in_flight_bytes_, frame.size(), format_size(env_.config.queue_limit)));
         return false;
     }
 
@@ -761,6 +924,9 @@ private:
     }
 
     void begin_close(PresenceEvent event, const std::string& reason, Duration grace) {
+        // A closing session takes no more room traffic (deliver() drops it),
+        // so its rooms hear of its end now, not after the drain.
+        leave_hub(event, reason);
         closing_ = true;
         close_event_ = event;
         close_reason_ = reason;
@@ -769,27 +935,27 @@ private:
         wake_writer();
     }
 
-    template <class F>
-    void to_hub(F&& f) {
-        if (shard_ == 0)
-            f(env_.hub);
-        else
-            asio::post(env_.hub_executor, [f = std::forward<F>(f), &hub = env_.hub]() mutable { f(hub); });
-    }
-
     // Idempotent: the hub forgets the session and its rooms see `event`.
     void leave_hub(PresenceEvent event, const std::string& reason) {
         if (left_hub_) return;
         left_hub_ = true;
-        asio::post(env_.hub_executor, [&hub = env_.hub, id = id_, event, reason] { hub.disconnect(id, event, reason); });
+        asio::post(env_.hub_executor, [&env = env_, id = id_, event, reason] {
+            try {
+                env.hub.disconnect(id, event, reason);
+            } catch (const std::exception& e) {
+                env.bugs.fetch_add(1, std::memory_order_relaxed);
+                env.log->error("session {}: bug: the hub threw on disconnect: {}", id, e.what());
+            }
+        });
     }
 
     // Idempotent: leaves the hub, closes the socket, cancels timers, logs the reason once.
     void stop(PresenceEvent event, const std::string& reason) {
         if (stopped_) return;
         stopped_ = true;
-        env_.log->info("session {} {}{}: disconnected: {}", id_, peer_, nick_.empty() ? "" : " '" + nick_ + "'",
-                       reason);
+        if (!hello_seen_) env_.ended_before_hello.fetch_add(1, std::memory_order_relaxed);
+        env_.log->log(hello_seen_ ? spdlog::level::info : spdlog::level::debug, "session {} {}{}: disconnected: {}",
+                      id_, peer_, nick_.empty() ? "" : " '" + nick_ + "'", log_safe(reason));
         leave_hub(event, reason);
         asio::error_code ignored;
         stream_.lowest_layer().close(ignored);
@@ -836,6 +1002,8 @@ private:
     bool hello_seen_ = false;
     bool logged_in_ = false;
     bool closing_ = false;
+    bool send_shut_ = false;  // our half-close is done: waiting for the peer's EOF
+    bool peer_eof_ = false;
     bool stopped_ = false;
     unsigned tasks_ = 0;
     bool left_hub_ = false;

@@ -244,7 +244,7 @@ int main(int argc, char** argv) {
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
-        return app.exit(e);
+        return chat::exit_status(app, e);
     }
     cfg.proto = *chat::bench::parse_proto(proto);
     if (cfg.port == 0) cfg.port = chat::bench::default_port(cfg.proto);

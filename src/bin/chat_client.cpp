@@ -65,7 +65,7 @@ int main(int argc, char** argv) {
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
-        const int code = app.exit(e);
+        const int code = chat::exit_status(app, e);
         return code == 0 ? 0 : chat::exit_usage;
     }
     options.reconnect = !no_reconnect;

@@ -51,6 +51,17 @@ int main(int argc, char** argv) {
         ->type_name("DURATION");
 
     app.add_option("--history", cfg.history, "Messages kept per room and replayed on JOIN")->capture_default_str();
+    chat::add_size_option(app, "--history-memory", cfg.history_memory,
+                          "All rooms' history together at most; over it the server's oldest message goes "
+                          "first (a later resume counts it as missed)");
+    app.add_option("--presence-limit", cfg.presence_limit,
+                   "Rooms with more members than this are quiet: joins, leaves, renames and disconnects are "
+                   "not announced and JOINED lists only the joiner (members ask with WHO); 0 = never quiet")
+        ->capture_default_str();
+    app.add_option("--hub-backlog", cfg.hub_backlog,
+                   "With --threads > 1: requests one shard may have waiting for the hub before its sessions "
+                   "pause reading")
+        ->capture_default_str();
     chat::add_size_option(app, "--queue-limit", cfg.queue_limit,
                           "Per-session write queue bound; a client over it is a slow consumer");
     std::size_t max_frame = cfg.max_frame;
@@ -116,7 +127,7 @@ int main(int argc, char** argv) {
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
-        return app.exit(e);
+        return chat::exit_status(app, e);
     }
     cfg.max_frame = static_cast<std::uint32_t>(std::min<std::size_t>(max_frame, 0xFFFFFFFFu));
     if (!keepalive.empty()) {

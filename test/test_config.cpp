@@ -1,0 +1,122 @@
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "chat/config.hpp"
+
+using namespace chat;
+using namespace std::chrono_literals;
+
+TEST_SUITE("config") {
+    // --- config ---
+
+    TEST_CASE("durations parse with ms, s, m, min and h, a bare number being seconds") {
+        CHECK(parse_duration("250ms") == Duration{250});
+        CHECK(parse_duration("5s") == Duration{5000});
+        CHECK(parse_duration("5") == Duration{5000});
+        CHECK(parse_duration("1.5s") == Duration{1500});
+        CHECK(parse_duration("2m") == Duration{120'000});
+        CHECK(parse_duration("2min") == Duration{120'000});
+        CHECK(parse_duration("1h") == Duration{3'600'000});
+        CHECK(parse_duration(" 50ms ") == Duration{50});
+        CHECK(parse_duration("0") == Duration{0});
+        for (const char* bad : {"", "ms", "1x", "-5s", "5 seconds", "1.2.3s", "1e3ms", "abc", "5s5", "nan", "inf"}) {
+            CAPTURE(bad);
+            CHECK_FALSE(parse_duration(bad));
+        }
+    }
+
+    TEST_CASE("durations are formatted in the largest exact unit and read back the same") {
+        CHECK(format_duration(Duration{0}) == "0ms");
+        CHECK(format_duration(Duration{250}) == "250ms");
+        CHECK(format_duration(Duration{1500}) == "1500ms");
+        CHECK(format_duration(Duration{5000}) == "5s");
+        CHECK(format_duration(Duration{120'000}) == "2m");
+        CHECK(format_duration(Duration{7'200'000}) == "2h");
+        for (long ms : {1L, 50L, 999L, 1000L, 61'000L, 3'600'000L})
+            CHECK(parse_duration(format_duration(Duration{ms})) == Duration{ms});
+    }
+
+    TEST_CASE("sizes parse with binary units and bare bytes") {
+        CHECK(parse_size("65536") == 65536u);
+        CHECK(parse_size("64k") == 65536u);
+        CHECK(parse_size("64KiB") == 65536u);
+        CHECK(parse_size("4MiB") == 4u * 1024 * 1024);
+        CHECK(parse_size("4M") == 4u * 1024 * 1024);
+        CHECK(parse_size("1GiB") == 1024u * 1024 * 1024);
+        CHECK(parse_size("1.5KiB") == 1536u);
+        CHECK(parse_size("10B") == 10u);
+        for (const char* bad : {"", "KiB", "-1", "4 parsecs", "4TiB", "1..5k"}) {
+            CAPTURE(bad);
+            CHECK_FALSE(parse_size(bad));
+        }
+        CHECK(format_size(4u * 1024 * 1024) == "4MiB");
+        CHECK(format_size(65536) == "64KiB");
+        CHECK(format_size(1000) == "1000B");
+        CHECK(parse_size(format_size(1536)) == 1536u);
+    }
+
+    TEST_CASE("TCP keepalive settings are three positive numbers") {
+        auto k = parse_tcp_keepalive("10,5,3");
+        REQUIRE(k);
+        CHECK(k->idle_s == 10);
+        CHECK(k->interval_s == 5);
+        CHECK(k->count == 3);
+        CHECK(parse_tcp_keepalive(" 60 , 10 , 6 "));
+        for (const char* bad : {"", "10", "10,5", "10,5,3,1", "0,5,3", "10,-5,3", "a,b,c", "10,,3", "10,5,3x"}) {
+            CAPTURE(bad);
+            CHECK_FALSE(parse_tcp_keepalive(bad));
+        }
+    }
+
+    TEST_CASE("the default settings are valid and each inconsistency is named") {
+        CHECK(validate(ServerConfig{}).empty());
+        struct Case {
+            std::function<void(ServerConfig&)> change;
+            const char* names;
+        };
+        const std::vector<Case> cases = {
+            {[](ServerConfig& c) { c.heartbeat_interval = Duration{10}; }, "--heartbeat-interval"},
+            {[](ServerConfig& c) { c.heartbeat_timeout = Duration{40}; }, "--heartbeat-timeout"},
+            {[](ServerConfig& c) { c.heartbeat_timeout = c.heartbeat_interval; }, "--heartbeat-timeout"},
+            {[](ServerConfig& c) { c.handshake_timeout = Duration{0}; }, "--handshake-timeout"},
+            {[](ServerConfig& c) { c.write_timeout = Duration{1}; }, "--write-timeout"},
+            {[](ServerConfig& c) { c.max_frame = 100; }, "--max-frame"},
+            {[](ServerConfig& c) { c.max_frame = 32u * 1024 * 1024; }, "--max-frame"},
+            {[](ServerConfig& c) { c.queue_limit = c.max_frame - 1; }, "--queue-limit"},
+            {[](ServerConfig& c) { c.threads = 0; }, "--threads"},
+            {[](ServerConfig& c) { c.threads = 65; }, "--threads"},
+            {[](ServerConfig& c) { c.rate = -1; }, "--rate"},
+            {[](ServerConfig& c) { c.burst = 0.5; }, "--burst"},
+            {[](ServerConfig& c) { c.max_connections = 0; }, "--max-connections"},
+            {[](ServerConfig& c) { c.max_rooms_per_session = 0; }, "--max-rooms-per-session"},
+            {[](ServerConfig& c) { c.tcp_user_timeout = Duration{0}; }, "--tcp-user-timeout"},
+        };
+        for (const auto& test : cases) {
+            ServerConfig cfg;
+            test.change(cfg);
+            const auto problem = validate(cfg);
+            CAPTURE(test.names);
+            CAPTURE(problem);
+            CHECK(problem.find(test.names) != std::string::npos);
+        }
+        ServerConfig unlimited;
+        unlimited.rate = 0;
+        unlimited.burst = 0;
+        CHECK(validate(unlimited).empty());
+        ServerConfig shortest;
+        shortest.heartbeat_interval = Duration{50};
+        shortest.heartbeat_timeout = Duration{51};
+        CHECK(validate(shortest).empty());
+    }
+
+    TEST_CASE("the worst-case detection time is the heartbeat timeout") {
+        ServerConfig cfg;
+        cfg.heartbeat_timeout = Duration{1234};
+        CHECK(cfg.worst_case_detection() == Duration{1234});
+    }
+}
