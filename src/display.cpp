@@ -145,6 +145,9 @@ std::string EventFormatter::human(const Message& message, const FrameNote& note,
                 text += "; " + plural(j->history_count, "message", "messages") + " from while you were away follow";
             else if (j->missed == 0 && !j->epoch_changed)
                 text += "; nothing was said while you were away";
+        } else if (j->quiet) {
+            text += "joined a large room: joins and leaves are not shown here; /who " + terminal_safe(j->room) +
+                    " lists who is in it";
         } else {
             text += "joined; here: " + join_names(j->members);
         }
@@ -204,6 +207,7 @@ std::string EventFormatter::json(const Message& message, const FrameNote& note, 
             .add("history", j->history_count)
             .add("missed", j->missed)
             .add("epoch_changed", j->epoch_changed)
+            .add("quiet", j->quiet)
             .add("resumed", note.rejoin)
             .str();
     }

@@ -103,7 +103,7 @@ void Hub::login(const std::shared_ptr<Participant>& participant, const NickName&
                 std::string_view resume_token) {
     if (auto it = nicks_.find(nick.view()); it != nicks_.end()) {
         SessionRecord* holder = find(it->second);
-        const bool may_take_over = holder != nullptr && same_token(holder->resume_token, resume_token);
+        const bool may_take_over = holder != nullptr && same_token(holder->resume_token.view(), resume_token);
         if (!may_take_over) {
             on_shard(poster_, participant, [participant, nick] {
                 participant->close_with_error(ErrorCode::nick_taken,
@@ -119,9 +119,11 @@ void Hub::login(const std::shared_ptr<Participant>& participant, const NickName&
         });
         disconnect(old->id(), PresenceEvent::disconnected, "replaced by a new connection");
     }
-    SessionRecord record{participant, nick, make_resume_token(), {}};
+    SessionRecord record{participant, nick, {}, {}};
+    const std::string fresh = make_resume_token();
+    record.resume_token.assign(fresh);
     nicks_.emplace(nick.str(), participant->id());
-    auto token = record.resume_token;
+    std::string token(record.resume_token.view());
     sessions_.emplace(participant->id(), std::move(record));
     on_shard(poster_, participant, [participant, nick, token = std::move(token)] {
         participant->on_login(nick.str(), token);
@@ -153,9 +155,8 @@ void Hub::handle(std::uint64_t id, const Request& request) {
 }
 
 void Hub::join(SessionRecord& record, const JoinRequest& join) {
-    const std::uint64_t id = record.participant->id();
     auto it = rooms_.find(join.room.view());
-    if (it != rooms_.end() && it->second->contains(id)) {
+    if (it != rooms_.end() && is_member(record, it->second.get())) {
         send_error(record, ErrorCode::invalid_room, fmt::format("already in room '{}'", join.room.view()));
         return;
     }
@@ -194,41 +195,42 @@ void Hub::join(SessionRecord& record, const JoinRequest& join) {
     // ordered before any message published after this join.
     if (!quiet_room) room.broadcast(make_frame(make_presence(join.room, record.nick, PresenceEvent::joined)));
     room.add(record.participant, record.nick);
-    record.rooms.push_back(join.room);
+    record.rooms.push_back(&room);
     send(record, joined);
     for (auto& frame : replay.frames) send(record, std::move(frame));
 }
 
-void Hub::remove_from_room(SessionRecord& record, const RoomName& name, PresenceEvent event,
-                           std::string_view detail) {
-    auto it = rooms_.find(name.view());
-    if (it == rooms_.end()) return;
-    Room& room = *it->second;
+bool Hub::is_member(const SessionRecord& record, const Room* room) noexcept {
+    return std::find(record.rooms.begin(), record.rooms.end(), room) != record.rooms.end();
+}
+
+void Hub::remove_from_room(SessionRecord& record, Room& room, PresenceEvent event, std::string_view detail) {
     const bool quiet_room = quiet(room.size());
     if (!room.remove(record.participant->id())) return;
-    std::erase(record.rooms, name);
+    std::erase(record.rooms, &room);
     if (room.empty()) {
+        const RoomName name = room.name();
         broker_.unsubscribe(name.view());
-        rooms_.erase(it);
+        if (auto it = rooms_.find(name.view()); it != rooms_.end()) rooms_.erase(it);
         return;
     }
-    if (!quiet_room) room.broadcast(make_frame(make_presence(name, record.nick, event, detail)));
+    if (!quiet_room) room.broadcast(make_frame(make_presence(room.name(), record.nick, event, detail)));
 }
 
 void Hub::leave(SessionRecord& record, const RoomName& room) {
     auto it = rooms_.find(room.view());
-    if (it == rooms_.end() || !it->second->contains(record.participant->id())) {
+    if (it == rooms_.end() || !is_member(record, it->second.get())) {
         send_error(record, ErrorCode::not_in_room, fmt::format("not in room '{}'", room.view()));
         return;
     }
     // The leaver sees its own PRESENCE(left) as the confirmation.
     send(record, make_presence(room, record.nick, PresenceEvent::left));
-    remove_from_room(record, room, PresenceEvent::left, {});
+    remove_from_room(record, *it->second, PresenceEvent::left, {});
 }
 
 void Hub::say(SessionRecord& record, const RoomName& room, std::string_view text) {
     auto it = rooms_.find(room.view());
-    if (it == rooms_.end() || !it->second->contains(record.participant->id())) {
+    if (it == rooms_.end() || !is_member(record, it->second.get())) {
         send_error(record, ErrorCode::not_in_room, fmt::format("not in room '{}'", room.view()));
         return;
     }
@@ -261,13 +263,10 @@ void Hub::rename(SessionRecord& record, const NickName& nick) {
     nicks_.erase(old.str());
     nicks_.emplace(nick.str(), id);
     record.nick = nick;
-    for (const auto& name : record.rooms) {
-        auto it = rooms_.find(name.view());
-        if (it == rooms_.end()) continue;
-        Room& room = *it->second;
-        room.rename(id, nick);
-        if (!quiet(room.size()))
-            room.broadcast(make_frame(make_presence(name, old, PresenceEvent::renamed, nick.view())), id);
+    for (Room* room : record.rooms) {
+        room->rename(id, nick);
+        if (!quiet(room->size()))
+            room->broadcast(make_frame(make_presence(room->name(), old, PresenceEvent::renamed, nick.view())), id);
     }
     send(record, Nick{old.str(), nick.str()});
     auto p = record.participant;
@@ -302,7 +301,7 @@ void Hub::disconnect(std::uint64_t id, PresenceEvent event, std::string_view det
     sessions_.erase(it);
     if (auto n = nicks_.find(record.nick.view()); n != nicks_.end() && n->second == id) nicks_.erase(n);
     const auto rooms = record.rooms;
-    for (const auto& room : rooms) remove_from_room(record, room, event, detail);
+    for (Room* room : rooms) remove_from_room(record, *room, event, detail);
 }
 
 }  // namespace chat

@@ -13,8 +13,9 @@ std::string_view clip_utf8(std::string_view text, std::size_t limit) noexcept {
 
 std::string clip_reason(std::string_view text, std::size_t limit) {
     if (text.size() <= limit) return std::string(text);
-    const std::size_t keep = limit > 3 ? limit - 3 : 0;
-    std::string out(clip_utf8(text, keep));
+    // Too small for the marker: the longest whole-character prefix, unmarked.
+    if (limit < 3) return std::string(clip_utf8(text, limit));
+    std::string out(clip_utf8(text, limit - 3));
     out += "...";
     return out;
 }

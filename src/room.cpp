@@ -18,17 +18,21 @@ Room::Snapshot& Room::writable_shard(std::size_t shard) {
     return *list;
 }
 
+bool Room::contains(std::uint64_t id) const {
+    return std::any_of(members_.begin(), members_.end(), [id](const Member& m) { return m.id == id; });
+}
+
 bool Room::add(std::shared_ptr<Participant> participant, const NickName& nick) {
     const std::uint64_t id = participant->id();
-    if (!ids_.insert(id).second) return false;
+    if (contains(id)) return false;
     writable_shard(participant->shard()).push_back(participant);
     members_.push_back(Member{id, std::move(participant), nick});
     return true;
 }
 
 bool Room::remove(std::uint64_t id) {
-    if (ids_.erase(id) == 0) return false;
     auto it = std::find_if(members_.begin(), members_.end(), [id](const Member& m) { return m.id == id; });
+    if (it == members_.end()) return false;
     const std::size_t shard = it->participant->shard();
     const Participant* gone = it->participant.get();
     members_.erase(it);

@@ -467,8 +467,11 @@ void Server::launch(Stream stream, std::size_t shard, const std::string& peer, c
     }
 
     ++live_sessions_;
-    ++per_address_[address];
-    address_of_[id] = address;
+    if (config_.max_per_ip > 0) {
+        // Only --max-per-ip needs the count (about 70 bytes a connection).
+        ++per_address_[address];
+        address_of_[id] = address;
+    }
     auto session = std::make_shared<Session<Stream>>(std::move(stream), id, shard, peer, env_);
     if (hold) session->hold(std::move(hold));
     auto begin = [this, session, shard, rejection = std::move(rejection)]() mutable {

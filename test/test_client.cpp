@@ -178,7 +178,7 @@ TEST_SUITE("client") {
         CHECK(json.frame(Error{ErrorCode::nick_taken, "in use", true}, {}, "me") ==
               R"({"type":"error","code":"nick_taken","text":"in use","fatal":true})");
         CHECK(json.frame(joined("lobby", 7, 3, 1), {}, "me") ==
-              R"({"type":"joined","room":"lobby","members":["alice"],"history":1,"missed":0,"epoch_changed":false,"resumed":false})");
+              R"({"type":"joined","room":"lobby","members":["alice"],"history":1,"missed":0,"epoch_changed":false,"quiet":false,"resumed":false})");
         CHECK(json.frame(Rooms{{RoomInfo{"lobby", 2}}}, {}, "me") ==
               R"({"type":"rooms","rooms":[{"name":"lobby","members":2}]})");
         CHECK(json.frame(Members{"lobby", {"a", "b"}}, {}, "me") == R"({"type":"members","room":"lobby","nicks":["a","b"]})");

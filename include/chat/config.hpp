@@ -48,7 +48,7 @@ struct ServerConfig {
     // All rooms' history together; the oldest message of the server goes first.
     std::size_t history_memory = 64 * 1024 * 1024;
     // Rooms with more members do not announce joins and leaves (PROTOCOL.md 6.4); 0: all do.
-    std::size_t presence_limit = 1000;
+    std::size_t presence_limit = 250;
     // Requests one shard may have on their way to the hub before its sessions
     // stop reading (--threads > 1): the hub's backlog stays bounded.
     std::size_t hub_backlog = 4096;

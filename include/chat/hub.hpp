@@ -5,6 +5,8 @@
 // the clipping builders of names.hpp, so no request can make it throw.
 #pragma once
 
+#include <algorithm>
+#include <array>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -33,7 +35,7 @@ struct HubLimits {
     // Rooms with more members than this are quiet (IRC's auditorium mode): joins,
     // leaves, renames and disconnects are not announced, and JOINED lists only
     // the joiner. 0: every room announces everything.
-    std::size_t presence_limit = 1000;
+    std::size_t presence_limit = 250;
 };
 
 // Where resume tokens come from: 192 bits from OpenSSL's RAND_bytes (the
@@ -65,11 +67,26 @@ public:
     const HubLimits& limits() const noexcept { return limits_; }
 
 private:
+    // A resume token kept inline: a 10,000-member room holds 10,000 of them.
+    class TokenSlot {
+    public:
+        void assign(std::string_view token) noexcept {
+            size_ = static_cast<std::uint8_t>(std::min(token.size(), bytes_.size()));
+            token.copy(bytes_.data(), size_);
+        }
+        std::string_view view() const noexcept { return {bytes_.data(), size_}; }
+
+    private:
+        std::array<char, 48> bytes_{};
+        std::uint8_t size_ = 0;
+    };
     struct SessionRecord {
         std::shared_ptr<Participant> participant;
         NickName nick;
-        std::string resume_token;
-        std::vector<RoomName> rooms;  // join order
+        TokenSlot resume_token;
+        // Join order. The hub owns the rooms; a room is dropped only when its
+        // last member leaves, so no record points at a room that is gone.
+        std::vector<Room*> rooms;
     };
     struct StringHash {
         using is_transparent = void;
@@ -92,8 +109,8 @@ private:
     bool quiet(std::size_t members) const noexcept {
         return limits_.presence_limit > 0 && members > limits_.presence_limit;
     }
-    void remove_from_room(SessionRecord& record, const RoomName& room, PresenceEvent event,
-                          std::string_view detail);
+    static bool is_member(const SessionRecord& record, const Room* room) noexcept;
+    void remove_from_room(SessionRecord& record, Room& room, PresenceEvent event, std::string_view detail);
     static std::uint64_t now_ms();
 
     Broker& broker_;

@@ -31,9 +31,11 @@ public:
     const RoomName& name() const noexcept { return name_; }
     std::size_t size() const noexcept { return members_.size(); }
     bool empty() const noexcept { return members_.empty(); }
-    bool contains(std::uint64_t id) const { return ids_.contains(id); }
+    // O(members): the hub knows its sessions' rooms and does not ask; for tests.
+    bool contains(std::uint64_t id) const;
 
-    // Returns false if the participant is a member already.
+    // Returns false if the participant is a member already (O(members), like a
+    // removal; a join storm stays cheap because quiet rooms skip the rest).
     bool add(std::shared_ptr<Participant> participant, const NickName& nick);
     // Returns false if it was not a member.
     bool remove(std::uint64_t id);
@@ -63,7 +65,6 @@ private:
     RoomName name_;
     ShardPoster& poster_;
     std::vector<Member> members_;  // join order
-    std::unordered_set<std::uint64_t> ids_;
     // Per shard, the list of that shard's members: a message to another shard
     // carries this pointer rather than a copy of the list. Changed in place
     // while nothing else holds it (so a join storm costs O(1) per join, not a

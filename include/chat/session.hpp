@@ -108,7 +108,9 @@ public:
     std::uint64_t id() const noexcept override { return id_; }
     // Keeps something the stream depends on (a TLS context that a reload
     // replaced) alive as long as the session.
-    void hold(std::shared_ptr<const void> resource) { held_ = std::move(resource); }
+    void hold(std::shared_ptr<const void> resource) {
+        if constexpr (is_tls_stream<Stream>) held_ = std::move(resource);
+    }
     std::size_t shard() const noexcept override { return shard_; }
     const std::string& peer() const noexcept override { return peer_; }
 
@@ -463,23 +465,23 @@ private:
         last_tx_ = Clock::now();
         in_flight_bytes_ = 0;
         in_flight_.clear();
-        if (queue_.empty() && control_.empty()) release_backlog_memory();
+        if (queue_.empty() && control_.empty()) release_backlog_memory(256);
     }
 
     // After a backlog the queues' arrays keep their size; a session that once
-    // held thousands of frames gives that memory back once it is drained.
-    // Steady traffic (batches of fewer frames) keeps its arrays: no
-    // allocation per batch.
-    void release_backlog_memory() {
-        constexpr std::size_t keep = 256;
-        const auto release = [](auto& v) {
+    // held thousands of frames gives that memory back once it is drained
+    // (arrays over `keep` frames), and any array once it has been idle for a
+    // heartbeat interval (keep = 0). Steady traffic in batches of fewer than
+    // 256 frames keeps its arrays: no allocation per batch.
+    void release_backlog_memory(std::size_t keep) {
+        const auto release = [keep](auto& v) {
             if (v.capacity() > keep) std::remove_reference_t<decltype(v)>().swap(v);
         };
         release(in_flight_);
         release(queue_);
         release(control_);
         release(iov_);
-        release(buffers_);
+        if constexpr (is_tls_stream<Stream>) release(buffers_);
     }
 
     // A write that has to wait is bounded by --write-timeout: make sure the
@@ -629,6 +631,10 @@ private:
                 continue;
             }
             if (logged_in_ && !closing_ && now - last_tx_ >= cfg.heartbeat_interval) {
+                // Nothing was sent for an interval: the session is idle, so
+                // whatever its queue arrays grew to in a burst (a join storm's
+                // PRESENCE frames) goes back now, however small.
+                if (!writing_ && queue_.empty() && control_.empty()) release_backlog_memory(0);
                 send_control(make_frame(Ping{++ping_nonce_}));
                 last_tx_ = now;  // a PING counts as sending; the next one waits an interval
             }
@@ -962,8 +968,13 @@ private:
         watchdog_.cancel();
     }
 
+    // Members only TLS uses take no room in the other sessions.
+    struct Nothing {};
+    template <class T>
+    using TlsOnly = std::conditional_t<is_tls_stream<Stream>, T, Nothing>;
+
     Stream stream_;
-    std::shared_ptr<const void> held_;
+    [[no_unique_address]] TlsOnly<std::shared_ptr<const void>> held_;
     const std::uint64_t id_;
     const std::size_t shard_;
     const std::string peer_;
@@ -982,7 +993,7 @@ private:
     std::vector<SharedFrame> in_flight_;
     std::size_t sent_index_ = 0;   // in_flight_[sent_index_] is the first frame not fully sent
     std::size_t sent_offset_ = 0;  // bytes of it already sent
-    std::vector<asio::const_buffer> buffers_;
+    [[no_unique_address]] TlsOnly<std::vector<asio::const_buffer>> buffers_;
     std::vector<iovec> iov_;
 
     std::vector<SharedFrame> control_;
