@@ -75,7 +75,8 @@ struct Outcome {
 };
 
 bool has_flag_field(chat::FrameType type) {
-    return type == chat::FrameType::deliver || type == chat::FrameType::whisper || type == chat::FrameType::error;
+    return type == chat::FrameType::deliver || type == chat::FrameType::whisper || type == chat::FrameType::error ||
+           type == chat::FrameType::joined;
 }
 
 // A decoded frame must come back from the encoder byte for byte, except for the

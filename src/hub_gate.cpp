@@ -22,7 +22,7 @@ void HubGate::done() {
 asio::awaitable<void> HubGate::wait_until_open() {
     using asio::experimental::as_tuple;
     while (full()) {
-        ++pauses_;
+        pauses_.fetch_add(1, std::memory_order_relaxed);
         co_await wake_.async_wait(as_tuple(asio::use_awaitable));
     }
 }

@@ -11,12 +11,43 @@ std::string_view clip_utf8(std::string_view text, std::size_t limit) noexcept {
     return text.substr(0, end);
 }
 
+namespace {
+// Every byte that is not part of a valid UTF-8 sequence becomes '?': a frame
+// the server builds must decode, whatever a caller handed in.
+void repair_utf8(std::string& text) {
+    if (is_valid_utf8(text)) return;
+    std::string out;
+    out.reserve(text.size());
+    for (std::size_t i = 0; i < text.size();) {
+        std::size_t n = 1;
+        const auto b = static_cast<unsigned char>(text[i]);
+        if (b >= 0x80) {
+            n = b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : 2;
+            if (i + n > text.size() || !is_valid_utf8(std::string_view(text).substr(i, n))) {
+                out += '?';
+                ++i;
+                continue;
+            }
+        }
+        out.append(text, i, n);
+        i += n;
+    }
+    text.swap(out);
+}
+}  // namespace
+
 std::string clip_reason(std::string_view text, std::size_t limit) {
-    if (text.size() <= limit) return std::string(text);
-    // Too small for the marker: the longest whole-character prefix, unmarked.
-    if (limit < 3) return std::string(clip_utf8(text, limit));
-    std::string out(clip_utf8(text, limit - 3));
-    out += "...";
+    std::string out;
+    if (text.size() <= limit) {
+        out.assign(text);
+    } else if (limit < 3) {
+        // Too small for the marker: the longest whole-character prefix, unmarked.
+        out.assign(clip_utf8(text, limit));
+    } else {
+        out.assign(clip_utf8(text, limit - 3));
+        out += "...";
+    }
+    repair_utf8(out);
     return out;
 }
 

@@ -302,6 +302,12 @@ void Server::summarize_connections() {
         if (ended > 0 || refused > 0)
             log_->info("in the last second: {} connection(s) ended before HELLO, {} refused ({} open)", ended,
                        refused, live_sessions_.load());
+        const auto averted = env_.expiries_averted.load(std::memory_order_relaxed);
+        if (averted != averted_reported_)
+            log_->warn("in the last second: {} expiries averted: the peers' bytes were waiting unread (the server "
+                       "is behind)",
+                       averted - averted_reported_);
+        averted_reported_ = averted;
         summarize_connections();
     });
 }

@@ -6,8 +6,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <fstream>
 #include <map>
 #include <set>
+#include <thread>
 
 #include "utils/live.hpp"
 
@@ -119,6 +123,77 @@ std::optional<Presence> presence_of(TestClient& c, const std::string& nick, Pres
         if (p->nick == nick && p->event == event) return p;
     }
     return std::nullopt;
+}
+
+
+// What one non-blocking send loop did.
+struct SendResult {
+    std::size_t sent = 0;
+    int error = 0;  // errno of the send that failed, 0: none did
+};
+
+// Sends `bytes` without ever blocking the test: non-blocking sends, each wait
+// for room bounded, until everything is sent, a send fails or `limit` passes.
+// The socket is blocking again afterwards.
+SendResult send_without_blocking(TestClient& c, std::string_view bytes, std::chrono::milliseconds limit = 3000ms) {
+    const int fd = c.socket().native_handle();
+    const int flags = ::fcntl(fd, F_GETFL);
+    ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+    SendResult r;
+    const auto deadline = Clock::now() + limit;
+    while (r.sent < bytes.size() && Clock::now() < deadline) {
+        const auto n = ::send(fd, bytes.data() + r.sent, bytes.size() - r.sent, MSG_NOSIGNAL);
+        if (n > 0) {
+            r.sent += static_cast<std::size_t>(n);
+            continue;
+        }
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            r.error = errno;
+            break;
+        }
+        pollfd p{fd, POLLOUT, 0};
+        ::poll(&p, 1, 10);
+    }
+    ::fcntl(fd, F_SETFL, flags);
+    return r;
+}
+
+// What a raw read to the end of the stream found.
+struct RawRead {
+    std::size_t bytes = 0;
+    bool eof = false;
+    int error = 0;  // errno of the read that failed (ECONNRESET...), 0: none did
+};
+
+// Reads and counts bytes straight from the socket until EOF, an error or `limit`.
+RawRead read_raw_to_end(int fd, std::chrono::milliseconds limit) {
+    RawRead r;
+    std::vector<char> buffer(256 * 1024);
+    const auto deadline = Clock::now() + limit;
+    while (Clock::now() < deadline) {
+        pollfd p{fd, POLLIN, 0};
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+        if (::poll(&p, 1, static_cast<int>(std::max<long long>(1, left.count()))) <= 0) continue;
+        const auto n = ::recv(fd, buffer.data(), buffer.size(), MSG_DONTWAIT);
+        if (n > 0) {
+            r.bytes += static_cast<std::size_t>(n);
+        } else if (n == 0) {
+            r.eof = true;
+            break;
+        } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            r.error = errno;
+            break;
+        }
+    }
+    return r;
+}
+
+// The most a TCP send buffer grows to by autotuning (tcp_wmem's maximum).
+std::size_t tcp_send_buffer_max() {
+    std::ifstream f("/proc/sys/net/ipv4/tcp_wmem");
+    std::size_t min = 0, initial = 0, max = 0;
+    if (f >> min >> initial >> max && max > 0) return max;
+    return 4 * 1024 * 1024;
 }
 
 }  // namespace
@@ -1115,5 +1190,277 @@ TEST_SUITE("server (live)") {
         auto p = presence_of(*alice, "bob", PresenceEvent::disconnected);
         REQUIRE(p);
         CHECK(p->detail.find("off to lunch") != std::string::npos);
+    }
+
+    // --- closing without a reset ---
+
+    TEST_CASE("a fatal close is not a reset even when the client's input is unread") {
+        // Closing a socket with unread input makes the kernel send a reset, and
+        // a reset makes the peer's kernel report ECONNRESET and may drop what
+        // came last (the fatal ERROR). The server drains until the peer's EOF
+        // instead: the client gets its ERROR, then an orderly EOF.
+        TestServer server(relaxed_config());
+        const std::string more(1024 * 1024, 'j');  // many reads' worth, sent before reading anything
+        SUBCASE("after a fatal ERROR") {
+            TestClient c(server.port());
+            REQUIRE(c.login("mallory"));
+            const auto r = send_without_blocking(c, header(protocol_version, 0xEE, 0) + more);
+            CAPTURE(r.sent);
+            CAPTURE(r.error);
+            CHECK(r.error == 0);  // the server read it all: no reset while we sent
+            auto got = c.read_until_closed(3000ms);
+            REQUIRE(c.closed());
+            CHECK(c.close_reason() == asio::error::eof);  // an orderly end, not ECONNRESET
+            REQUIRE(!got.empty());
+            auto* e = std::get_if<Error>(&got.back());
+            REQUIRE(e);
+            CHECK(e->code == ErrorCode::unknown_type);
+            CHECK(e->fatal);
+        }
+        SUBCASE("after the client's BYE") {
+            auto c = member(server, "leaver", "room");
+            const auto r = send_without_blocking(*c, encode(Bye{"bye"}) + more);
+            CAPTURE(r.sent);
+            CAPTURE(r.error);
+            CHECK(r.error == 0);
+            auto got = c->read_until_closed(3000ms);
+            REQUIRE(c->closed());
+            CHECK(c->close_reason() == asio::error::eof);
+            for (const auto& m : got) CHECK_FALSE(std::holds_alternative<Error>(m));
+        }
+    }
+
+    // --- slow consumers: the write timeout ---
+
+    TEST_CASE("a slow consumer is found within the write timeout even when it is shorter than the heartbeat "
+              "interval") {
+        ServerConfig cfg = fast_config();
+        cfg.write_timeout = 300ms;
+        cfg.heartbeat_interval = 2000ms;  // a watchdog that slept towards the next PING would find it 2s late
+        cfg.heartbeat_timeout = 6000ms;
+        cfg.queue_limit = 64 * 1024 * 1024;  // the queue bound is not what fires
+        TestServer server(cfg);
+        auto alice = member(server, "alice", "room");
+        alice->keep_alive(200ms);
+        auto sleeper = member(server, "sleeper", "room", 4096);
+        REQUIRE(presence_of(*alice, "sleeper", PresenceEvent::joined));
+
+        // When the sleeper's buffers are full cannot be seen from here, but it
+        // is bounded: the server's send buffer grows to tcp_wmem's maximum at
+        // most, the sleeper's receive buffer is a few KiB, and 256 KiB covers
+        // the kernels' accounting slack. Once more than that was sent to the
+        // room, a write to the sleeper has been waiting (since `full_by` at the
+        // latest, its batch started no later), so the write timeout must fire
+        // by full_by + 300ms; 1.5s leaves room for a loaded machine and stays
+        // below the 2s heartbeat interval. The flood stops there, so the queue
+        // holds a few frames, nowhere near its limit.
+        const std::size_t kernel_bound = tcp_send_buffer_max() + 256 * 1024;
+        const std::string big(32 * 1024, 'w');
+        std::vector<Presence> seen;
+        std::size_t flooded = 0;
+        std::optional<Clock::time_point> full_by;
+        const auto start = Clock::now();
+        while (seen.empty() && flooded <= kernel_bound + 4 * big.size() && since(start) < 10s) {
+            alice->send(Say{"room", big});
+            auto own = next_deliver(*alice, &seen);
+            REQUIRE(own);
+            flooded += encode(*own).size();  // the sleeper's copy is the same DELIVER
+            if (!full_by && flooded > kernel_bound) full_by = Clock::now();
+        }
+        const auto flood_took = since(start);
+        CAPTURE(flooded);
+        CAPTURE(flood_took.count());
+        if (seen.empty()) {
+            auto p = presence_of(*alice, "sleeper", PresenceEvent::disconnected, 3000ms);
+            REQUIRE(p);
+            seen.push_back(*p);
+        }
+        const auto found = Clock::now();
+        CHECK(seen.front().nick == "sleeper");
+        CHECK(seen.front().event == PresenceEvent::disconnected);
+        CHECK(seen.front().detail.find("slow consumer") != std::string::npos);
+        const auto after_full = std::chrono::duration_cast<std::chrono::milliseconds>(found - full_by.value_or(found));
+        CAPTURE(after_full.count());
+        CHECK(after_full < 1500ms);
+        CHECK(found - start >= cfg.write_timeout);  // no sooner than a write could have been late
+        // The sleeper is closed (it gets what the kernel held, maybe the ERROR).
+        sleeper->read_until_closed(5000ms);
+        CHECK(sleeper->closed());
+    }
+
+    // --- hub backpressure ---
+
+    TEST_CASE("with --threads 2 the hub backlog of a shard stays bounded") {
+        ServerConfig cfg = relaxed_config(2);
+        cfg.rate = 0;
+        cfg.hub_backlog = 64;
+        // Neither member is to become a slow consumer: both are read, and the
+        // bounds leave room for a loaded machine.
+        cfg.queue_limit = 64 * 1024 * 1024;
+        cfg.write_timeout = 5000ms;
+        TestServer server(cfg);
+        const HubGate& gate = server.server().hub_gate(1);
+        // Sessions are dealt round-robin: the first to shard 0 (the hub's own,
+        // which passes no gate), the second to shard 1.
+        auto bystander = member(server, "bystander", "room");
+        bystander->keep_alive(200ms);
+        REQUIRE(gate.peak() == 0);
+        auto flooder = member(server, "flooder", "room");
+        REQUIRE(gate.peak() >= 1);  // its JOIN went through shard 1's gate
+        REQUIRE(presence_of(*bystander, "flooder", PresenceEvent::joined));
+
+        constexpr int messages = 200'000;
+        std::string flood;
+        for (int i = 0; i < messages; ++i) flood += encode(Say{"room", fmt::format("{:06}", i)});
+        const std::size_t frame = flood.size() / messages;  // all the same size
+        REQUIRE(frame * messages == flood.size());
+        // The reader checks the gate after each read of up to 64 KiB; a read
+        // may also complete the frame a previous one began.
+        const std::size_t bound = cfg.hub_backlog + 64 * 1024 / frame + 1;
+
+        const int fd = flooder->socket().native_handle();
+        std::atomic<bool> done{false};
+        std::atomic<std::size_t> sent{0};
+        std::atomic<std::size_t> echoed{0};
+        const auto start = Clock::now();
+        std::thread sender([&] {
+            const auto deadline = Clock::now() + 20s;
+            std::size_t at = 0;
+            while (at < flood.size() && Clock::now() < deadline && !done) {
+                pollfd p{fd, POLLOUT, 0};
+                if (::poll(&p, 1, 50) <= 0) continue;
+                const auto n = ::send(fd, flood.data() + at, flood.size() - at, MSG_NOSIGNAL | MSG_DONTWAIT);
+                if (n > 0) at += static_cast<std::size_t>(n);
+                else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) break;
+            }
+            sent = at;
+        });
+        // The flooder's own DELIVERs are read and dropped, so that it is no slow consumer.
+        std::thread drain([&] {
+            std::vector<char> buffer(256 * 1024);
+            const auto deadline = Clock::now() + 25s;
+            while (!done && Clock::now() < deadline) {
+                pollfd p{fd, POLLIN, 0};
+                if (::poll(&p, 1, 50) <= 0) continue;
+                const auto n = ::recv(fd, buffer.data(), buffer.size(), MSG_DONTWAIT);
+                if (n > 0) echoed += static_cast<std::size_t>(n);
+                else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) break;
+            }
+        });
+        int received = 0;
+        bool in_order = true;
+        const auto deadline = Clock::now() + 20s;
+        while (received < messages && Clock::now() < deadline) {
+            auto d = bystander->read_until<Deliver>(5000ms);
+            if (!d) break;
+            if (d->sender != "flooder" || d->text != fmt::format("{:06}", received)) {
+                in_order = false;
+                break;
+            }
+            ++received;
+        }
+        const auto took = since(start);
+        done = true;
+        sender.join();
+        drain.join();
+        CAPTURE(took.count());
+        CAPTURE(sent.load());
+        CAPTURE(echoed.load());
+        CAPTURE(gate.peak());
+        CAPTURE(gate.pauses());
+        CHECK(sent == flood.size());
+        CHECK(in_order);
+        CHECK(received == messages);  // nothing lost, nothing out of order
+        CHECK(gate.peak() >= cfg.hub_backlog);  // the flood did press against the gate...
+        CHECK(gate.peak() <= bound);            // ...and the gate held
+        CHECK(gate.pauses() > 0);
+        CHECK(!flooder->closed());
+        CHECK(took < 15s);
+    }
+
+    // --- decoder errors on the wire ---
+
+    TEST_CASE("a decoder error's reason names the frame type and the error") {
+        TestServer server(relaxed_config());
+        TestClient c(server.port());
+        REQUIRE(c.login("mallory"));
+        std::string expected;
+        SUBCASE("a SAY field that runs past the payload") {
+            // The room length says 200 bytes but the payload holds 3.
+            c.send_raw(header(protocol_version, static_cast<std::uint8_t>(FrameType::say), 5) +
+                       std::string("\x00\xC8" "abc", 5));
+            expected = "SAY: truncated_field";
+        }
+        SUBCASE("a SAY with bytes after its fields") {
+            std::string say = encode(Say{"room", "hi"});
+            say += "!!";
+            const auto len = static_cast<std::uint32_t>(say.size() - header_size);
+            say.replace(0, header_size, header(protocol_version, static_cast<std::uint8_t>(FrameType::say), len));
+            c.send_raw(say);
+            expected = "SAY: trailing_bytes";
+        }
+        SUBCASE("a JOIN cut inside its room name") {
+            c.send_raw(header(protocol_version, static_cast<std::uint8_t>(FrameType::join), 4) +
+                       std::string("\x00\x09" "ab", 4));
+            expected = "JOIN: truncated_field";
+        }
+        CAPTURE(expected);
+        auto e = error_then_close(c);
+        REQUIRE(e);
+        CHECK(e->code == ErrorCode::malformed_frame);
+        CHECK(e->fatal);
+        CHECK(e->reason == expected);
+        CHECK(c.closed());
+    }
+
+    // --- BYE ---
+
+    TEST_CASE("a client's BYE drops what was queued for it") {
+        ServerConfig cfg = relaxed_config();
+        cfg.heartbeat_timeout = 10000ms;
+        cfg.queue_limit = 8 * 1024 * 1024;
+        cfg.write_timeout = 5000ms;  // bob's stalled write is not what ends him
+        TestServer server(cfg);
+        auto alice = member(server, "alice", "room");
+        auto bob = member(server, "bob", "room", 4096);
+        REQUIRE(presence_of(*alice, "bob", PresenceEvent::joined));
+        // Bob reads nothing while the room is flooded: the kernel buffers take
+        // what they can (loopback autotuning took some 2.8 MB on a 4 MiB
+        // tcp_wmem maximum), the rest waits in bob's queue at the server. The
+        // flood goes on until at least 2 MiB wait there.
+        const std::string big(60 * 1024, 'q');
+        const std::size_t flood_cap = tcp_send_buffer_max() + 4 * 1024 * 1024;  // under the queue limit
+        std::size_t flooded = 0;
+        std::size_t frame = 0;
+        while (server.server().peak_queued_bytes() < 2 * 1024 * 1024 && flooded < flood_cap) {
+            alice->send(Say{"room", big});
+            auto d = next_deliver(*alice);
+            REQUIRE(d);
+            frame = encode(*d).size();
+            flooded += frame;
+        }
+        REQUIRE(!bob->closed());
+        // Bob's: the others read theirs. It is what waits at the server, the
+        // write in flight included; what the kernel took is the rest.
+        const std::size_t held = server.server().peak_queued_bytes();
+        CAPTURE(flooded);
+        CAPTURE(held);
+        REQUIRE(held >= 2 * 1024 * 1024);
+        bob->send(Bye{"enough"});
+        const auto bye_sent = Clock::now();
+        const auto got = read_raw_to_end(bob->socket().native_handle(), 3000ms);
+        const auto took = since(bye_sent);
+        CAPTURE(got.bytes);
+        CAPTURE(got.error);
+        CAPTURE(took.count());
+        CHECK(got.eof);
+        CHECK(got.error == 0);
+        CHECK(took < 1500ms);
+        // Only what the kernel buffers held and the rest of the write in flight
+        // (its batch was taken when the socket filled: a frame or two) came,
+        // not the queue; without the drop bob would read all `flooded` bytes.
+        CHECK(got.bytes <= flooded - held + 4 * frame);
+        CHECK(got.bytes + 1536 * 1024 <= flooded);  // well under what was sent: 1.5 MiB of it never came
+        CHECK(presence_of(*alice, "bob", PresenceEvent::disconnected));
     }
 }

@@ -39,14 +39,14 @@ public:
     std::size_t limit() const noexcept { return limit_; }
     // The largest backlog seen, and how often a reader paused (tests, metrics).
     std::size_t peak() const noexcept { return peak_.load(std::memory_order_relaxed); }
-    std::uint64_t pauses() const noexcept { return pauses_; }
+    std::uint64_t pauses() const noexcept { return pauses_.load(std::memory_order_relaxed); }
 
 private:
     asio::any_io_executor shard_;
     std::size_t limit_;
     std::atomic<std::size_t> pending_{0};
     std::atomic<std::size_t> peak_{0};
-    std::uint64_t pauses_ = 0;  // shard only
+    std::atomic<std::uint64_t> pauses_{0};  // written on the shard only
     // Paused readers wait on it; a cancel() (on the shard) wakes them all.
     asio::steady_timer wake_;
 };

@@ -1,7 +1,7 @@
 // Validated names and bounded strings: what may reach the hub, and what may go
 // back out in a frame or a log line built from client data.
 //
-// Pure code, standard library only. A RoomName or a Nick exists only if its
+// Pure code, standard library only. A RoomName or a NickName exists only if its
 // text passed the rules of PROTOCOL.md section 4, so the hub, which takes
 // only these types, cannot be handed an unchecked string. Both keep their
 // bytes inline (the rules bound their length), so making, copying and
@@ -63,7 +63,8 @@ inline constexpr std::size_t max_reason_length = 256;
 // The longest prefix of `text` of at most `limit` bytes that does not end in
 // the middle of a UTF-8 sequence. Never throws past std::bad_alloc.
 std::string_view clip_utf8(std::string_view text, std::size_t limit) noexcept;
-// The same, with "..." appended when something was cut.
+// The same, with "..." appended when something was cut; any byte that is not
+// valid UTF-8 becomes '?', so the result always fits a frame.
 std::string clip_reason(std::string_view text, std::size_t limit = max_reason_length);
 
 // Longest client-supplied string a log line quotes.

@@ -127,6 +127,7 @@ private:
     // Hub-only: connections per address, for --max-per-ip.
     std::unordered_map<std::string, std::size_t> per_address_;
     std::unordered_map<std::uint64_t, std::string> address_of_;
+    std::uint64_t averted_reported_ = 0;  // hub only: expiries_averted at the last summary
     bool shutting_down_ = false;
     bool signals_caught_ = false;
     bool finished_ = false;

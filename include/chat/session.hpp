@@ -17,6 +17,7 @@
 #include <vector>
 
 #include <linux/sockios.h>
+#include <malloc.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -465,7 +466,21 @@ private:
         last_tx_ = Clock::now();
         in_flight_bytes_ = 0;
         in_flight_.clear();
-        if (queue_.empty() && control_.empty()) release_backlog_memory(256);
+        if (queue_.empty() && control_.empty() && release_backlog_memory(256) >= 256 * 1024) return_free_memory();
+    }
+
+    // A drained backlog of thousands of frames freed as many small blocks,
+    // which malloc keeps (they are not at the top of the heap): hand whole
+    // free pages back to the kernel, at most once a second per process, so
+    // that the server's RSS comes back down too.
+    static void return_free_memory() noexcept {
+#ifdef __GLIBC__
+        static std::atomic<std::int64_t> last_ms{0};
+        const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch()).count();
+        auto seen = last_ms.load(std::memory_order_relaxed);
+        if (now - seen < 1000 || !last_ms.compare_exchange_strong(seen, now, std::memory_order_relaxed)) return;
+        ::malloc_trim(0);
+#endif
     }
 
     // After a backlog the queues' arrays keep their size; a session that once
@@ -473,15 +488,20 @@ private:
     // (arrays over `keep` frames), and any array once it has been idle for a
     // heartbeat interval (keep = 0). Steady traffic in batches of fewer than
     // 256 frames keeps its arrays: no allocation per batch.
-    void release_backlog_memory(std::size_t keep) {
-        const auto release = [keep](auto& v) {
-            if (v.capacity() > keep) std::remove_reference_t<decltype(v)>().swap(v);
+    // Returns the bytes of array capacity given back.
+    std::size_t release_backlog_memory(std::size_t keep) {
+        std::size_t released = 0;
+        const auto release = [keep, &released](auto& v) {
+            if (v.capacity() <= keep) return;
+            released += v.capacity() * sizeof(v[0]);
+            std::remove_reference_t<decltype(v)>().swap(v);
         };
         release(in_flight_);
         release(queue_);
         release(control_);
         release(iov_);
         if constexpr (is_tls_stream<Stream>) release(buffers_);
+        return released;
     }
 
     // A write that has to wait is bounded by --write-timeout: make sure the
@@ -586,9 +606,12 @@ private:
                     // alive and the server is behind (a join storm, a paused
                     // reader). Read it instead of expiring a live peer.
                     env_.expiries_averted.fetch_add(1, std::memory_order_relaxed);
-                    env_.log->warn("session {} {}{}: deadline passed with {} unread bytes waiting: the server is "
+                    // Once per session: an overloaded server would otherwise
+                    // log a line per session per interval.
+                    if (!averted_logged_) env_.log->warn("session {} {}{}: deadline passed with {} unread bytes waiting: the server is "
                                    "behind, not the peer; not expiring it",
                                    id_, peer_, nick_.empty() ? "" : " '" + nick_ + "'", waiting);
+                    averted_logged_ = true;
                     rx_deadline_ = now + std::min(cfg.heartbeat_interval, cfg.heartbeat_timeout);
                     continue;
                 }
@@ -1013,6 +1036,7 @@ private:
     bool hello_seen_ = false;
     bool logged_in_ = false;
     bool closing_ = false;
+    bool averted_logged_ = false;
     bool send_shut_ = false;  // our half-close is done: waiting for the peer's EOF
     bool peer_eof_ = false;
     bool stopped_ = false;
