@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "utils/live.hpp"
+#include "utils/server_process.hpp"
 #include "utils/subprocess.hpp"
 
 using namespace chat;
@@ -40,43 +41,6 @@ constexpr std::size_t max_echo = 300;
 // --max-frame that a str16 of 65,535 bytes fits in with room to spare.
 constexpr std::uint32_t big_frame = 256 * 1024;
 
-// A chat_server process ($CHAT_SERVER, which meson sets), and where it says it listens.
-class ServerProcess : public Subprocess {
-public:
-    explicit ServerProcess(std::vector<std::string> args) : Subprocess(with_program(std::move(args))) {}
-
-    // The port from the first "listening on ADDRESS:PORT" line on stdout, or nullopt.
-    std::optional<std::uint16_t> port(std::chrono::milliseconds limit = 5000ms) {
-        static constexpr std::string_view prefix = "listening on ";
-        const auto line = wait_for(prefix, limit);
-        if (!line) return std::nullopt;
-        const std::string endpoint = line->substr(line->find(prefix) + prefix.size());
-        const auto colon = endpoint.rfind(':');
-        if (colon == std::string::npos) return std::nullopt;
-        const int port = std::atoi(endpoint.c_str() + colon + 1);
-        if (port <= 0 || port > 65535) return std::nullopt;
-        return static_cast<std::uint16_t>(port);
-    }
-
-    // "running", or how it ended: for failure messages.
-    std::string state() {
-        const auto status = wait_exit(0ms);
-        if (!status) return "running";
-        return "exited with status " + std::to_string(*status) + "; stderr ends:\n" + stderr_tail(600);
-    }
-
-    // The last `n` bytes of stderr, for failure messages.
-    std::string stderr_tail(std::size_t n = 2000) const {
-        const auto all = all_stderr();
-        return all.size() <= n ? all : all.substr(all.size() - n);
-    }
-
-private:
-    static std::vector<std::string> with_program(std::vector<std::string> args) {
-        args.insert(args.begin(), program_path("CHAT_SERVER", "chat_server"));
-        return args;
-    }
-};
 
 std::vector<std::string> server_args(unsigned threads, const std::string& log_level,
                                      std::vector<std::string> extra = {}) {

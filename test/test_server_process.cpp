@@ -4,12 +4,26 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <cerrno>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <sstream>
 #include <string_view>
+#include <thread>
 
 #include "utils/live.hpp"
+#include "utils/server_process.hpp"
 #include "utils/subprocess.hpp"
 
 using namespace chat;
@@ -17,36 +31,6 @@ using namespace chat::test;
 
 namespace {
 
-// A chat_server process ($CHAT_SERVER, which meson sets), and where it says it listens.
-class ServerProcess : public Subprocess {
-public:
-    explicit ServerProcess(std::vector<std::string> args) : Subprocess(with_program(std::move(args))) {}
-
-    // The port from the first "listening on ADDRESS:PORT" line, or nullopt.
-    std::optional<std::uint16_t> port(std::chrono::milliseconds limit = 5000ms) {
-        // (Parsed by hand: std::regex trips a GCC 12 -Wmaybe-uninitialized
-        // false positive under the sanitizers, and CI builds with -Werror.)
-        static constexpr std::string_view prefix = "listening on ";
-        const auto line = wait_for(prefix, limit);
-        if (!line) return std::nullopt;
-        const std::string endpoint = line->substr(line->find(prefix) + prefix.size());
-        const auto colon = endpoint.rfind(':');
-        if (colon == std::string::npos) return std::nullopt;
-        address_ = endpoint.substr(0, colon);
-        const int port = std::atoi(endpoint.c_str() + colon + 1);
-        if (port <= 0 || port > 65535) return std::nullopt;
-        return static_cast<std::uint16_t>(port);
-    }
-    const std::string& address() const { return address_; }
-
-private:
-    static std::vector<std::string> with_program(std::vector<std::string> args) {
-        args.insert(args.begin(), program_path("CHAT_SERVER", "chat_server"));
-        return args;
-    }
-
-    std::string address_;
-};
 
 // Runs chat_server with `args` to its end (bounded): status, stdout, stderr.
 struct Outcome {
@@ -62,6 +46,183 @@ Outcome run_to_end(std::vector<std::string> args) {
     o.err = p.all_stderr();
     return o;
 }
+
+// Runs `program` with `args` to its end (bounded): status, stdout, stderr.
+Outcome run_program(const std::string& program, std::vector<std::string> args) {
+    args.insert(args.begin(), program);
+    Subprocess p(std::move(args));
+    Outcome o;
+    o.status = p.wait_exit(5000ms);
+    o.out = p.rest_of_stdout();
+    o.err = p.all_stderr();
+    return o;
+}
+
+// chat_client and chat_bench, built next to chat_server.
+std::string sibling_program(const char* name) {
+    return (std::filesystem::path(program_path("CHAT_SERVER", "chat_server")).parent_path() / name).string();
+}
+
+// The state letter of process `pid` in /proc (T: stopped), or '?'.
+char process_state(pid_t pid) {
+    std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+    const std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    const auto paren = stat.rfind(')');
+    if (paren == std::string::npos || paren + 2 >= stat.size()) return '?';
+    return stat[paren + 2];
+}
+
+// Bytes waiting unread in the server's end of each TCP connection to
+// `server_port` (the rx_queue column of /proc/net/tcp), by the client's port.
+std::map<std::uint16_t, long> unread_at_server(std::uint16_t server_port) {
+    std::map<std::uint16_t, long> unread;
+    std::ifstream f("/proc/net/tcp");
+    std::string line;
+    std::getline(f, line);  // the header
+    while (std::getline(f, line)) {
+        std::istringstream in(line);
+        std::string slot, local, remote, state, queues;
+        in >> slot >> local >> remote >> state >> queues;
+        if (state != "01" || local.find(':') == std::string::npos || remote.find(':') == std::string::npos ||
+            queues.find(':') == std::string::npos)
+            continue;  // 01: established
+        if (std::stoul(local.substr(local.find(':') + 1), nullptr, 16) != server_port) continue;
+        const auto client_port = std::stoul(remote.substr(remote.find(':') + 1), nullptr, 16);
+        unread[static_cast<std::uint16_t>(client_port)] = std::stol(queues.substr(queues.find(':') + 1), nullptr, 16);
+    }
+    return unread;
+}
+
+// Plain TCP connections that send only what a test writes to them.
+class RawConnections {
+public:
+    RawConnections(std::uint16_t port, std::size_t count) {
+        sockaddr_in to{};
+        to.sin_family = AF_INET;
+        to.sin_port = htons(port);
+        to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        try {
+            for (std::size_t i = 0; i < count; ++i) {
+                const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                REQUIRE(fd >= 0);
+                fds_.push_back(fd);
+                REQUIRE(::connect(fd, reinterpret_cast<const sockaddr*>(&to), sizeof to) == 0);
+                sockaddr_in me{};
+                socklen_t length = sizeof me;
+                REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&me), &length) == 0);
+                ports_.push_back(ntohs(me.sin_port));
+            }
+        } catch (...) {
+            close();  // a failed REQUIRE throws: no destructor runs for a half-made object
+            throw;
+        }
+    }
+    ~RawConnections() { close(); }
+    void close() {
+        for (const int fd : fds_) ::close(fd);
+        fds_.clear();
+    }
+    RawConnections(const RawConnections&) = delete;
+    RawConnections& operator=(const RawConnections&) = delete;
+
+    // One byte from each: the start of a frame, which the server waits to complete.
+    void send_one_byte_each() {
+        const std::string hello = encode(Hello{"noise", {}, {}});
+        for (const int fd : fds_) CHECK(::send(fd, hello.data(), 1, MSG_NOSIGNAL) == 1);
+    }
+    const std::vector<std::uint16_t>& ports() const { return ports_; }
+
+private:
+    std::vector<int> fds_;
+    std::vector<std::uint16_t> ports_;
+};
+
+// Writes HEARTBEATs to some clients' sockets from a thread of its own:
+// `beats` of them in one write, every `every` (zero: as fast as the server
+// takes them), while the test's thread reads. The writes are raw non-blocking
+// send()s under a mutex, each wait for room bounded and given up on stop()
+// (frames the test sends meanwhile go through send() here too), so the
+// TestClient objects are only ever touched by the test's thread.
+class Heartbeater {
+public:
+    explicit Heartbeater(std::chrono::milliseconds every, std::size_t beats = 1) : every_(every) {
+        for (std::size_t i = 0; i < beats; ++i) blob_ += encode(Heartbeat{});
+    }
+    ~Heartbeater() { stop(); }
+    Heartbeater(const Heartbeater&) = delete;
+    Heartbeater& operator=(const Heartbeater&) = delete;
+
+    // Before start(): the client's index.
+    std::size_t add(TestClient& c) {
+        fds_.push_back(c.socket().native_handle());
+        beating_.push_back(true);
+        return fds_.size() - 1;
+    }
+    void start() {
+        thread_ = std::thread([this] {
+            while (running_) {
+                bool wrote = false;
+                {
+                    std::lock_guard lock(mutex_);
+                    for (std::size_t i = 0; i < fds_.size(); ++i) {
+                        if (!beating_[i]) continue;
+                        if (write(i, blob_)) {
+                            ++sent_;
+                            wrote = true;
+                        } else if (running_) {
+                            beating_[i] = false;  // the server closed this one
+                        }
+                    }
+                }
+                // The pace of the heartbeats, not a synchronisation.
+                if (every_.count() > 0 || !wrote) std::this_thread::sleep_for(std::max(every_, 1ms));
+            }
+        });
+    }
+    // Client `i` sends no more heartbeats from now on (it stays connected)...
+    void silence(std::size_t i) {
+        std::lock_guard lock(mutex_);
+        beating_[i] = false;
+    }
+    // ...or again.
+    void resume(std::size_t i) {
+        std::lock_guard lock(mutex_);
+        beating_[i] = true;
+    }
+    bool send(std::size_t i, const Message& m) {
+        std::lock_guard lock(mutex_);
+        return write(i, encode(m));
+    }
+    void stop() {
+        running_ = false;
+        if (thread_.joinable()) thread_.join();
+    }
+    // Writes done (of `beats` heartbeats each).
+    std::size_t sent() const { return sent_; }
+
+private:
+    // With mutex_ held. False once the server closed, or on stop().
+    bool write(std::size_t i, std::string_view frame) {
+        while (!frame.empty() && running_) {
+            pollfd p{fds_[i], POLLOUT, 0};
+            if (::poll(&p, 1, 50) == 0) continue;
+            const ssize_t n = ::send(fds_[i], frame.data(), frame.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
+            if (n <= 0) return false;
+            frame.remove_prefix(static_cast<std::size_t>(n));
+        }
+        return frame.empty();
+    }
+
+    const std::chrono::milliseconds every_;
+    std::string blob_;
+    std::vector<int> fds_;
+    std::vector<bool> beating_;
+    std::mutex mutex_;
+    std::atomic<bool> running_{true};
+    std::atomic<std::size_t> sent_{0};
+    std::thread thread_;
+};
 
 std::chrono::milliseconds since(Clock::time_point t) {
     return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t);
@@ -304,5 +465,195 @@ TEST_SUITE("chat_server process") {
             CHECK(o.err.find("history") != std::string::npos);
         }
         std::filesystem::remove(path);
+    }
+
+    TEST_CASE("a client whose heartbeats wait unread while the server is stopped is not expired") {
+        ServerProcess server({"--bind", "127.0.0.1", "--port", "0", "--rate", "0", "--heartbeat-interval", "200ms",
+                              "--heartbeat-timeout", "600ms", "--log-level", "info"});
+        auto port = server.port();
+        REQUIRE(port);
+        // Connections that will make noise while the server is stopped, so
+        // that it finds more ready sockets than it takes from one epoll_wait
+        // (asio: 128), the live client's among the later ones: its watchdog
+        // then runs before its reader, and only the unread-bytes check saves
+        // it. (Without the noise the reader may come first; the client must
+        // survive either way.)
+        RawConnections noise(*port, 200);
+        // Both keep the session alive while the test sets up, then the thread takes over.
+        TestClient live(*port);
+        live.keep_alive(100ms);
+        REQUIRE(live.login("live"));
+        REQUIRE(live.join("room"));
+        TestClient dead(*port);
+        dead.keep_alive(100ms);
+        REQUIRE(dead.login("dead"));  // the server accepted the noise before (one acceptor, in order)
+        live.keep_alive(0ms);
+        dead.keep_alive(0ms);
+        Heartbeater beater(100ms);
+        const auto live_beats = beater.add(live);
+        const auto dead_beats = beater.add(dead);
+        beater.start();
+        REQUIRE(TestServer::eventually([&] { return beater.sent() >= 6; }, 3000ms));
+
+        // Both fall silent and the server reads what they sent; then it stops.
+        beater.silence(live_beats);
+        beater.silence(dead_beats);
+        const auto live_port = live.socket().local_endpoint().port();
+        const auto dead_port = dead.socket().local_endpoint().port();
+        REQUIRE(TestServer::eventually([&] {
+            const auto unread = unread_at_server(*port);
+            return unread.count(live_port) == 1 && unread.at(live_port) == 0 && unread.count(dead_port) == 1 &&
+                   unread.at(dead_port) == 0;
+        }));
+        server.signal(SIGSTOP);
+        const auto stopped = Clock::now();
+        REQUIRE(TestServer::eventually([&] { return process_state(server.pid()) == 'T'; }, 2000ms));
+        // A deliberate pause past the sessions' next timer (a PING is due
+        // within 200ms), then the noise, then the live client's heartbeats
+        // (it was silent for less than the 600ms timeout), which pile up
+        // unread in the stopped server's socket buffer. The silent client
+        // stays silent: the control.
+        std::this_thread::sleep_for(350ms);
+        noise.send_one_byte_each();
+        REQUIRE(TestServer::eventually([&] {
+            const auto unread = unread_at_server(*port);
+            return std::all_of(noise.ports().begin(), noise.ports().end(), [&](std::uint16_t p) {
+                const auto it = unread.find(p);
+                return it != unread.end() && it->second > 0;
+            });
+        }));
+        const std::size_t beats_before = beater.sent();
+        beater.resume(live_beats);
+        // The rest of the pause: 1.5s in all, well past the timeout.
+        std::this_thread::sleep_for(1500ms - (Clock::now() - stopped));
+        CHECK(beater.sent() >= beats_before + 3);  // the live client did write while the server was stopped
+        server.signal(SIGCONT);
+        REQUIRE(TestServer::eventually([&] { return process_state(server.pid()) != 'T'; }, 2000ms));
+        const auto continued = Clock::now();
+
+        // The silent client is expired, within the timeout (and a margin) of the server running again.
+        auto expiry = dead.read_until<Error>(3000ms);
+        REQUIRE(expiry);
+        CHECK(expiry->code == ErrorCode::heartbeat_timeout);
+        CHECK(expiry->fatal);
+        CHECK(since(continued) < 2000ms);
+        dead.read_until_closed(2000ms);
+        CHECK(dead.closed());
+
+        // The live one is not: for twice the timeout it gets PINGs and no ERROR.
+        const auto got = live.read_until_closed(1200ms);
+        CHECK_FALSE(live.closed());
+        std::size_t pings = 0;
+        for (const auto& m : got) {
+            if (std::holds_alternative<Ping>(m)) ++pings;
+            if (const auto* e = std::get_if<Error>(&m)) FAIL_CHECK("the live client got ERROR " << e->reason);
+        }
+        CHECK(pings >= 2);
+        REQUIRE(beater.send(live_beats, Say{"room", "still here"}));
+        auto d = live.read_until<Deliver>(3000ms);
+        REQUIRE(d);
+        CHECK(d->text == "still here");
+        beater.stop();
+
+        noise.close();
+        server.signal(SIGTERM);
+        CHECK(live.read_until<Bye>(3000ms));
+        live.shutdown_send();  // an EOF for the server's drain: it need not wait
+        CHECK(server.wait_exit(5000ms) == 0);
+        const std::string log = server.all_stderr();
+        CAPTURE(log);
+        CHECK(log.find("'dead': heartbeat timeout") != std::string::npos);
+        CHECK(log.find("'live': heartbeat timeout") == std::string::npos);
+        // The watchdog did come first for the live client, and said why it let it live.
+        CHECK(log.find("'live': deadline passed with") != std::string::npos);
+        CHECK(log.find("not expiring it") != std::string::npos);
+    }
+
+    TEST_CASE("every bad command line exits 2 with a message") {
+        const std::vector<std::pair<std::string, std::string>> programs = {
+            {"chat_server", program_path("CHAT_SERVER", "chat_server")},
+            {"chat_client", sibling_program("chat_client")},
+            {"chat_bench", sibling_program("chat_bench")},
+        };
+        for (const auto& [name, path] : programs) {
+            CAPTURE(name);
+            REQUIRE(std::filesystem::exists(path));
+            // An unknown option, a missing value, a value of the wrong type.
+            const std::vector<std::pair<std::vector<std::string>, std::vector<std::string>>> cases = {
+                {{"--no-such-option"}, {"--no-such-option"}},
+                {{"--port"}, {"--port"}},
+                {{"--port", "abc"}, {"--port", "abc"}},
+            };
+            for (const auto& [args, mentions] : cases) {
+                CAPTURE(args.back());
+                const auto o = run_program(path, args);
+                REQUIRE(o.status);
+                CHECK(*o.status == 2);
+                CAPTURE(o.err);
+                CAPTURE(o.out);
+                for (const auto& m : mentions) CHECK(o.err.find(m) != std::string::npos);
+            }
+            const auto help = run_program(path, {"--help"});
+            REQUIRE(help.status);
+            CHECK(*help.status == 0);
+            CHECK(help.out.find("--port") != std::string::npos);
+        }
+        // chat_server's own checks of the values it was given.
+        const std::vector<std::pair<std::vector<std::string>, std::string>> checked = {
+            {{"--hub-backlog", "3"}, "--hub-backlog"},
+            {{"--history-memory", "1KiB"}, "--history-memory"},
+        };
+        for (const auto& [args, mentions] : checked) {
+            CAPTURE(args.front());
+            auto o = run_to_end(with(args));
+            REQUIRE(o.status);
+            CHECK(*o.status == 2);
+            CHECK(o.out.find("listening on") == std::string::npos);
+            CAPTURE(o.err);
+            CHECK(o.err.find(mentions) != std::string::npos);
+        }
+    }
+
+    TEST_CASE("a SIGTERM drain sends BYE to a client whose input is unread and the client reads it") {
+        ServerProcess server(with({"--queue-limit", "16MiB", "--drain-timeout", "4s"}));
+        auto port = server.port();
+        REQUIRE(port);
+        // The sleeper (a 4KiB receive buffer) has 600KiB of room traffic
+        // waiting for it: at the end of the drain, the BYE and what precedes
+        // it still sit in the server's kernel send buffer.
+        auto room = stuck_room(*port, 10);
+        // It sends HEARTBEATs as fast as the server takes them, so there is
+        // unread input at the server whenever it closes. Closing with unread
+        // input resets the connection, and a reset throws away what the
+        // kernel had not sent yet: the last DELIVERs and the BYE.
+        Heartbeater flood(0ms, 2048);
+        flood.add(*room.sleeper);
+        flood.start();
+        REQUIRE(TestServer::eventually([&] { return flood.sent() >= 20; }, 3000ms));
+        const auto start = Clock::now();
+        server.signal(SIGTERM);
+        // The client goes on sending until it sees the end of the stream.
+        const auto got = room.sleeper->read_until_closed(4000ms);
+        flood.stop();
+        // Both answer the end with theirs, so the drain need not wait for it.
+        room.sleeper->shutdown_send();
+        CHECK(room.alice->read_until<Bye>(3000ms));
+        room.alice->shutdown_send();
+        CHECK(room.sleeper->closed());
+        CHECK_MESSAGE(room.sleeper->close_reason() == asio::error::eof, room.sleeper->close_reason().message());
+        std::vector<int> order;
+        for (const auto& m : got)
+            if (const auto* d = std::get_if<Deliver>(&m)) order.push_back(std::stoi(d->text));
+        CHECK(order.size() == 10);
+        for (std::size_t i = 0; i < order.size(); ++i) CHECK(order[i] == static_cast<int>(i));
+        REQUIRE(!got.empty());
+        const auto* bye = std::get_if<Bye>(&got.back());
+        REQUIRE(bye != nullptr);
+        CHECK(bye->reason == "server shutting down");
+        auto status = server.wait_exit(4000ms);
+        REQUIRE(status);
+        CHECK(*status == 0);
+        CHECK(since(start) < 2000ms);  // the drain ended with the clients, not at the drain timeout
+        CHECK(server.all_stderr().find("drain timeout") == std::string::npos);
     }
 }

@@ -451,6 +451,40 @@ TEST_SUITE("transports (live)") {
         CHECK(ok->login("survivor"));
     }
 
+    TEST_CASE("a TLS handshake in progress does not hold up a shutdown") {
+        Pki pki;
+        LogCapture log;
+        ServerConfig cfg = tls_config(pki);
+        cfg.drain_timeout = 10s;
+        cfg.handshake_timeout = 10s;
+        TestServer server(cfg);
+        const auto tls_port = server.server().tls_endpoint()->port();
+        // A connection to the TLS port that never sends its ClientHello...
+        TestClient half_open(tls_port);
+        // ...and, accepted after it by the same acceptor (so the half-open one
+        // has its session by then), a logged-in TLS client.
+        asio::error_code ec;
+        auto alice = tls_client(tls_port, TlsClientOptions{pki.ca.cert_file, {}, {}, false}, ec);
+        REQUIRE_MESSAGE(!ec, ec.message());
+        REQUIRE(alice->login("alice"));
+
+        const auto start = Clock::now();
+        server.server().request_shutdown("server shutting down");
+        auto bye = alice->read_until<Bye>(3000ms);
+        REQUIRE(bye);
+        CHECK(bye->reason == "server shutting down");
+        alice->read_until_closed(2000ms);
+        CHECK(alice->closed());
+        alice.reset();
+        half_open.read_until_closed(3000ms);
+        CHECK(half_open.closed());
+        // Done well before either 10s timeout could have ended it.
+        CHECK(log.saw({"shutdown complete"}, 3000ms));
+        CHECK(Clock::now() - start < 3000ms);
+        CHECK_FALSE(log.contains("drain timeout"));
+        CHECK_FALSE(log.contains("TLS handshake not done"));
+    }
+
     TEST_CASE("with --tls-client-ca a certificate from that CA gets in; one from another CA, or none, does not") {
         Pki pki;
         LogCapture log;

@@ -367,6 +367,9 @@ private:
                         using namespace asio::experimental::awaitable_operators;
                         asio::steady_timer bound(stream_.get_executor());
                         bound.expires_at(std::min(close_deadline_, Clock::now() + short_grace()));
+                        // From here the peer's EOF (its answer, or its plain
+                        // close) ends the session: the reader stops it.
+                        send_shut_ = true;
                         co_await (stream_.async_shutdown(as_tuple(asio::use_awaitable)) ||
                                   bound.async_wait(as_tuple(asio::use_awaitable)));
                     } else {
