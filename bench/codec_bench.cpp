@@ -6,7 +6,7 @@
 //
 // Each case runs batches until it has run for a fixed time, so the whole run
 // takes a few seconds whatever the machine.
-#include "chat/protocol.hpp"
+#include "chat/proto/protocol.hpp"
 
 #include <algorithm>
 #include <chrono>

@@ -5,7 +5,7 @@
 //  - is_valid_utf8 agrees with a slow, obviously correct reference, and the
 //    name and text validators nest as documented.
 // Any disagreement aborts, which libFuzzer reports as a crash with the input saved.
-#include "chat/protocol.hpp"
+#include "chat/proto/protocol.hpp"
 
 #include <cstddef>
 #include <cstdint>

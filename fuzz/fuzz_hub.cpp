@@ -96,13 +96,13 @@
 #include <variant>
 #include <vector>
 
-#include "chat/broker.hpp"
-#include "chat/hub.hpp"
-#include "chat/names.hpp"
-#include "chat/participant.hpp"
-#include "chat/protocol.hpp"
-#include "chat/request.hpp"
-#include "chat/room.hpp"
+#include "chat/server/broker.hpp"
+#include "chat/server/hub.hpp"
+#include "chat/proto/names.hpp"
+#include "chat/server/participant.hpp"
+#include "chat/proto/protocol.hpp"
+#include "chat/proto/request.hpp"
+#include "chat/server/room.hpp"
 
 namespace {
 

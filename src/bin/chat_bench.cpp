@@ -9,9 +9,9 @@
 
 #include <fmt/format.h>
 
-#include "chat/bench_load.hpp"
-#include "chat/bench_wire.hpp"
-#include "chat/cli.hpp"
+#include "chat/bench/load.hpp"
+#include "chat/bench/wire.hpp"
+#include "chat/common/cli.hpp"
 #include "pulsechat_config.h"
 
 namespace {

@@ -6,10 +6,10 @@
 #include <iostream>
 #include <iterator>
 
-#include "chat/access.hpp"
-#include "chat/cli.hpp"
-#include "chat/client_app.hpp"
-#include "chat/protocol.hpp"
+#include "chat/common/token_file.hpp"
+#include "chat/common/cli.hpp"
+#include "chat/client/client_app.hpp"
+#include "chat/proto/protocol.hpp"
 #include "pulsechat_config.h"
 
 int main(int argc, char** argv) {

@@ -3,9 +3,9 @@
 #include <cstdio>
 #include <iostream>
 
-#include "chat/cli.hpp"
-#include "chat/logging.hpp"
-#include "chat/server.hpp"
+#include "chat/common/cli.hpp"
+#include "chat/common/logging.hpp"
+#include "chat/server/server.hpp"
 #include "pulsechat_config.h"
 
 int main(int argc, char** argv) {

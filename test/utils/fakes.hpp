@@ -11,11 +11,11 @@
 #include <string_view>
 #include <vector>
 
-#include "chat/broker.hpp"
-#include "chat/names.hpp"
-#include "chat/participant.hpp"
-#include "chat/protocol.hpp"
-#include "chat/room.hpp"
+#include "chat/server/broker.hpp"
+#include "chat/proto/names.hpp"
+#include "chat/server/participant.hpp"
+#include "chat/proto/protocol.hpp"
+#include "chat/server/room.hpp"
 
 namespace chat::test {
 

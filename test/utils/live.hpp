@@ -15,8 +15,8 @@
 
 #include <asio.hpp>
 
-#include "chat/protocol.hpp"
-#include "chat/server.hpp"
+#include "chat/proto/protocol.hpp"
+#include "chat/server/server.hpp"
 
 namespace chat::test {
 

@@ -1,0 +1,125 @@
+// The one owner of rooms and nicknames. Every call runs on the hub shard (shard 0).
+//
+// The hub takes only checked input (RoomName, NickName, Request: see
+// request.hpp), and every frame it builds from a client's words goes through
+// the clipping builders of names.hpp, so no request can make it throw.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "chat/server/broker.hpp"
+#include "chat/proto/names.hpp"
+#include "chat/server/participant.hpp"
+#include "chat/proto/protocol.hpp"
+#include "chat/proto/request.hpp"
+#include "chat/server/room.hpp"
+
+namespace chat {
+
+struct HubLimits {
+    std::size_t max_rooms_per_session = 64;
+    // Lists (JOINED members, MEMBERS, ROOMS) are cut to keep a payload within this.
+    std::uint32_t max_frame = default_max_frame;
+    // A JOIN's replay is cut (oldest first) to fit these bytes, so that a joiner
+    // is never a slow consumer by the history alone; what was cut counts as missed.
+    std::size_t replay_budget = 2 * 1024 * 1024;
+    // Rooms with more members than this are quiet (IRC's auditorium mode): joins,
+    // leaves, renames and disconnects are not announced, and JOINED lists only
+    // the joiner. 0: every room announces everything.
+    std::size_t presence_limit = 250;
+};
+
+// Where resume tokens come from: 192 bits from OpenSSL's RAND_bytes (the
+// kernel's getrandom() without OpenSSL), as 48 hex digits. Empty, meaning
+// "no resumption offered", only if neither source works.
+std::string make_resume_token() noexcept;
+
+class Hub {
+public:
+    Hub(Broker& broker, ShardPoster& poster, std::size_t shard_count, HubLimits limits);
+
+    // HELLO, after the session checked the nick. Answers through on_login()
+    // or close_with_error().
+    void login(const std::shared_ptr<Participant>& participant, const NickName& nick,
+               std::string_view resume_token);
+    // Any checked request of a logged-in session; unknown ids are ignored (the
+    // session may have gone while its request was on the way).
+    void handle(std::uint64_t id, const Request& request);
+    // The session is gone: its rooms see `event`, its nick is free. Idempotent.
+    void disconnect(std::uint64_t id, PresenceEvent event, std::string_view detail);
+
+    // --- for tests, the fuzz target and metrics ---
+    std::size_t session_count() const noexcept { return sessions_.size(); }
+    std::size_t nick_count() const noexcept { return nicks_.size(); }
+    std::size_t room_count() const noexcept { return rooms_.size(); }
+    const Room* find_room(std::string_view name) const;
+    // The session holding `nick`, if any.
+    std::optional<std::uint64_t> holder_of(std::string_view nick) const;
+    const HubLimits& limits() const noexcept { return limits_; }
+
+private:
+    // A resume token kept inline: a 10,000-member room holds 10,000 of them.
+    class TokenSlot {
+    public:
+        void assign(std::string_view token) noexcept {
+            size_ = static_cast<std::uint8_t>(std::min(token.size(), bytes_.size()));
+            token.copy(bytes_.data(), size_);
+        }
+        std::string_view view() const noexcept { return {bytes_.data(), size_}; }
+
+    private:
+        std::array<char, 48> bytes_{};
+        std::uint8_t size_ = 0;
+    };
+    struct SessionRecord {
+        std::shared_ptr<Participant> participant;
+        NickName nick;
+        TokenSlot resume_token;
+        // Join order. The hub owns the rooms; a room is dropped only when its
+        // last member leaves, so no record points at a room that is gone.
+        std::vector<Room*> rooms;
+    };
+    struct StringHash {
+        using is_transparent = void;
+        std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+    };
+
+    void join(SessionRecord& record, const JoinRequest& join);
+    void leave(SessionRecord& record, const RoomName& room);
+    void say(SessionRecord& record, const RoomName& room, std::string_view text);
+    void whisper(SessionRecord& record, const NickName& to, std::string_view text);
+    void rename(SessionRecord& record, const NickName& nick);
+    void list(SessionRecord& record);
+    void who(SessionRecord& record, const RoomName& room);
+
+    void send(const SessionRecord& to, SharedFrame frame);
+    void send(const SessionRecord& to, const Message& message) { send(to, make_frame(message)); }
+    void send_error(const SessionRecord& to, ErrorCode code, std::string_view reason);
+    SessionRecord* find(std::uint64_t id);
+    // A room with more members than the presence limit announces nothing.
+    bool quiet(std::size_t members) const noexcept {
+        return limits_.presence_limit > 0 && members > limits_.presence_limit;
+    }
+    static bool is_member(const SessionRecord& record, const Room* room) noexcept;
+    void remove_from_room(SessionRecord& record, Room& room, PresenceEvent event, std::string_view detail);
+    static std::uint64_t now_ms();
+
+    Broker& broker_;
+    ShardPoster& poster_;
+    std::size_t shard_count_;
+    HubLimits limits_;
+    std::unordered_map<std::uint64_t, SessionRecord> sessions_;
+    std::unordered_map<std::string, std::uint64_t, StringHash, std::equal_to<>> nicks_;
+    std::map<std::string, std::unique_ptr<Room>, std::less<>> rooms_;
+};
+
+}  // namespace chat

@@ -1,0 +1,307 @@
+#include "chat/server/hub.hpp"
+
+#include <sys/random.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+
+#include <fmt/format.h>
+
+#include "pulsechat_config.h"
+#if PULSECHAT_HAVE_OPENSSL
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#endif
+
+namespace chat {
+
+std::string make_resume_token() noexcept {
+    std::array<unsigned char, 24> bytes{};
+    bool ok = false;
+#if PULSECHAT_HAVE_OPENSSL
+    ok = RAND_bytes(bytes.data(), static_cast<int>(bytes.size())) == 1;
+#endif
+    if (!ok) ok = ::getrandom(bytes.data(), bytes.size(), 0) == static_cast<ssize_t>(bytes.size());
+    if (!ok) return {};
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string token(2 * bytes.size(), '0');
+    for (std::size_t i = 0; i < bytes.size(); ++i) {
+        token[2 * i] = hex[bytes[i] >> 4];
+        token[2 * i + 1] = hex[bytes[i] & 0xF];
+    }
+    return token;
+}
+
+namespace {
+
+// Whether a presented resume token is the one a session holds, in time that
+// does not depend on where they differ.
+bool same_token(std::string_view held, std::string_view presented) noexcept {
+    if (held.empty() || held.size() != presented.size()) return false;
+#if PULSECHAT_HAVE_OPENSSL
+    return CRYPTO_memcmp(held.data(), presented.data(), held.size()) == 0;
+#else
+    unsigned char diff = 0;
+    for (std::size_t i = 0; i < held.size(); ++i)
+        diff |= static_cast<unsigned char>(held[i] ^ presented[i]);
+    return diff == 0;
+#endif
+}
+
+// Room name, counts and the other fields of a list frame besides the list.
+constexpr std::size_t list_budget_slack = 512;
+
+template <class F>
+void on_shard(ShardPoster& poster, const std::shared_ptr<Participant>& p, F&& f) {
+    if (p->shard() == poster.current_shard())
+        f();
+    else
+        poster.post(p->shard(), std::forward<F>(f));
+}
+}  // namespace
+
+Hub::Hub(Broker& broker, ShardPoster& poster, std::size_t shard_count, HubLimits limits)
+    : broker_(broker), poster_(poster), shard_count_(shard_count), limits_(limits) {}
+
+std::uint64_t Hub::now_ms() {
+    return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                          std::chrono::system_clock::now().time_since_epoch())
+                                          .count());
+}
+
+Hub::SessionRecord* Hub::find(std::uint64_t id) {
+    auto it = sessions_.find(id);
+    return it == sessions_.end() ? nullptr : &it->second;
+}
+
+const Room* Hub::find_room(std::string_view name) const {
+    auto it = rooms_.find(name);
+    return it == rooms_.end() ? nullptr : it->second.get();
+}
+
+std::optional<std::uint64_t> Hub::holder_of(std::string_view nick) const {
+    auto it = nicks_.find(nick);
+    if (it == nicks_.end()) return std::nullopt;
+    return it->second;
+}
+
+void Hub::send(const SessionRecord& to, SharedFrame frame) {
+    const std::size_t shard = to.participant->shard();
+    if (shard == poster_.current_shard()) {
+        to.participant->deliver(frame);
+    } else {
+        poster_.post(shard, [p = to.participant, frame = std::move(frame)] { p->deliver(frame); });
+    }
+}
+
+void Hub::send_error(const SessionRecord& to, ErrorCode code, std::string_view reason) {
+    send(to, make_error(code, reason, false));
+}
+
+void Hub::login(const std::shared_ptr<Participant>& participant, const NickName& nick,
+                std::string_view resume_token) {
+    if (auto it = nicks_.find(nick.view()); it != nicks_.end()) {
+        SessionRecord* holder = find(it->second);
+        const bool may_take_over = holder != nullptr && same_token(holder->resume_token.view(), resume_token);
+        if (!may_take_over) {
+            on_shard(poster_, participant, [participant, nick] {
+                participant->close_with_error(ErrorCode::nick_taken,
+                                              fmt::format("nickname '{}' is in use by another session", nick.view()));
+            });
+            return;
+        }
+        // The same client reconnecting while the server still holds its old,
+        // probably half-open, session: the old one goes, the new one gets the nick.
+        auto old = holder->participant;
+        on_shard(poster_, old, [old] {
+            old->close_with_error(ErrorCode::replaced, "this nickname was resumed by a new connection");
+        });
+        disconnect(old->id(), PresenceEvent::disconnected, "replaced by a new connection");
+    }
+    SessionRecord record{participant, nick, {}, {}};
+    const std::string fresh = make_resume_token();
+    record.resume_token.assign(fresh);
+    nicks_.emplace(nick.str(), participant->id());
+    std::string token(record.resume_token.view());
+    sessions_.emplace(participant->id(), std::move(record));
+    on_shard(poster_, participant, [participant, nick, token = std::move(token)] {
+        participant->on_login(nick.str(), token);
+    });
+}
+
+void Hub::handle(std::uint64_t id, const Request& request) {
+    SessionRecord* record = find(id);
+    if (record == nullptr) return;
+    std::visit(
+        [this, record](const auto& r) {
+            using R = std::decay_t<decltype(r)>;
+            if constexpr (std::is_same_v<R, JoinRequest>)
+                join(*record, r);
+            else if constexpr (std::is_same_v<R, LeaveRequest>)
+                leave(*record, r.room);
+            else if constexpr (std::is_same_v<R, SayRequest>)
+                say(*record, r.room, r.text);
+            else if constexpr (std::is_same_v<R, WhisperRequest>)
+                whisper(*record, r.to, r.text);
+            else if constexpr (std::is_same_v<R, RenameRequest>)
+                rename(*record, r.nick);
+            else if constexpr (std::is_same_v<R, ListRequest>)
+                list(*record);
+            else
+                who(*record, r.room);
+        },
+        request);
+}
+
+void Hub::join(SessionRecord& record, const JoinRequest& join) {
+    auto it = rooms_.find(join.room.view());
+    if (it != rooms_.end() && is_member(record, it->second.get())) {
+        send_error(record, ErrorCode::invalid_room, fmt::format("already in room '{}'", join.room.view()));
+        return;
+    }
+    if (record.rooms.size() >= limits_.max_rooms_per_session) {
+        send_error(record, ErrorCode::too_many_rooms,
+                   fmt::format("at most {} rooms per session", limits_.max_rooms_per_session));
+        return;
+    }
+    if (it == rooms_.end()) {
+        auto room = std::make_unique<Room>(join.room, shard_count_, poster_);
+        broker_.subscribe(join.room.view(), *room);
+        it = rooms_.emplace(join.room.str(), std::move(room)).first;
+    }
+    Room& room = *it->second;
+    // The newest messages that fit the replay budget; the older ones are
+    // reported as missed, like messages the history no longer holds.
+    Replay replay = broker_.replay(join.room.view(), ReplayRequest{join.resume, join.after, limits_.replay_budget});
+
+    const bool quiet_room = quiet(room.size() + 1);
+    Joined joined;
+    joined.room = join.room.str();
+    joined.epoch = replay.epoch;
+    joined.head_seq = replay.head_seq;
+    joined.missed = replay.missed;
+    joined.history_count = static_cast<std::uint32_t>(replay.frames.size());
+    joined.epoch_changed = replay.epoch_changed;
+    joined.quiet = quiet_room;
+    // Join order, the joiner last; its place is kept when the list is cut.
+    // A quiet room lists only the joiner (members ask with WHO), which keeps
+    // a join O(1) in the room's size.
+    if (!quiet_room)
+        joined.members = room.nicks(limits_.max_frame - list_budget_slack - (2 + record.nick.size()), 0xFFFF - 1);
+    joined.members.emplace_back(record.nick.view());
+
+    // Presence first to the others, then the joiner's own view: both are
+    // ordered before any message published after this join.
+    if (!quiet_room) room.broadcast(make_frame(make_presence(join.room, record.nick, PresenceEvent::joined)));
+    room.add(record.participant, record.nick);
+    record.rooms.push_back(&room);
+    send(record, joined);
+    for (auto& frame : replay.frames) send(record, std::move(frame));
+}
+
+bool Hub::is_member(const SessionRecord& record, const Room* room) noexcept {
+    return std::find(record.rooms.begin(), record.rooms.end(), room) != record.rooms.end();
+}
+
+void Hub::remove_from_room(SessionRecord& record, Room& room, PresenceEvent event, std::string_view detail) {
+    const bool quiet_room = quiet(room.size());
+    if (!room.remove(record.participant->id())) return;
+    std::erase(record.rooms, &room);
+    if (room.empty()) {
+        const RoomName name = room.name();
+        broker_.unsubscribe(name.view());
+        if (auto it = rooms_.find(name.view()); it != rooms_.end()) rooms_.erase(it);
+        return;
+    }
+    if (!quiet_room) room.broadcast(make_frame(make_presence(room.name(), record.nick, event, detail)));
+}
+
+void Hub::leave(SessionRecord& record, const RoomName& room) {
+    auto it = rooms_.find(room.view());
+    if (it == rooms_.end() || !is_member(record, it->second.get())) {
+        send_error(record, ErrorCode::not_in_room, fmt::format("not in room '{}'", room.view()));
+        return;
+    }
+    // The leaver sees its own PRESENCE(left) as the confirmation.
+    send(record, make_presence(room, record.nick, PresenceEvent::left));
+    remove_from_room(record, *it->second, PresenceEvent::left, {});
+}
+
+void Hub::say(SessionRecord& record, const RoomName& room, std::string_view text) {
+    auto it = rooms_.find(room.view());
+    if (it == rooms_.end() || !is_member(record, it->second.get())) {
+        send_error(record, ErrorCode::not_in_room, fmt::format("not in room '{}'", room.view()));
+        return;
+    }
+    broker_.publish(room.view(), record.nick.view(), text, now_ms());
+}
+
+void Hub::whisper(SessionRecord& record, const NickName& to, std::string_view text) {
+    auto it = nicks_.find(to.view());
+    SessionRecord* target = it == nicks_.end() ? nullptr : find(it->second);
+    if (target == nullptr) {
+        send_error(record, ErrorCode::no_such_nick, fmt::format("nobody is called '{}'", to.view()));
+        return;
+    }
+    const auto ts = now_ms();
+    send(*target, Whisper{record.nick.str(), ts, std::string(text), false});
+    send(record, Whisper{target->nick.str(), ts, std::string(text), true});
+}
+
+void Hub::rename(SessionRecord& record, const NickName& nick) {
+    const std::uint64_t id = record.participant->id();
+    if (nick == record.nick) {
+        send(record, Nick{record.nick.str(), nick.str()});
+        return;
+    }
+    if (nicks_.contains(nick.view())) {
+        send_error(record, ErrorCode::nick_taken, fmt::format("nickname '{}' is in use by another session", nick.view()));
+        return;
+    }
+    const NickName old = record.nick;
+    nicks_.erase(old.str());
+    nicks_.emplace(nick.str(), id);
+    record.nick = nick;
+    for (Room* room : record.rooms) {
+        room->rename(id, nick);
+        if (!quiet(room->size()))
+            room->broadcast(make_frame(make_presence(room->name(), old, PresenceEvent::renamed, nick.view())), id);
+    }
+    send(record, Nick{old.str(), nick.str()});
+    auto p = record.participant;
+    on_shard(poster_, p, [p, nick] { p->on_renamed(nick.str()); });
+}
+
+void Hub::list(SessionRecord& record) {
+    Rooms rooms;
+    rooms.rooms.reserve(std::min<std::size_t>(rooms_.size(), 4096));
+    std::size_t used = 0;
+    for (const auto& [name, room] : rooms_) {
+        used += 2 + name.size() + 4;
+        if (used > limits_.max_frame - list_budget_slack || rooms.rooms.size() == 0xFFFF) break;
+        rooms.rooms.push_back(RoomInfo{name, static_cast<std::uint32_t>(room->size())});
+    }
+    send(record, rooms);
+}
+
+void Hub::who(SessionRecord& record, const RoomName& name) {
+    auto it = rooms_.find(name.view());
+    if (it == rooms_.end()) {
+        send_error(record, ErrorCode::invalid_room, fmt::format("no room called '{}'", name.view()));
+        return;
+    }
+    send(record, Members{name.str(), it->second->nicks(limits_.max_frame - list_budget_slack)});
+}
+
+void Hub::disconnect(std::uint64_t id, PresenceEvent event, std::string_view detail) {
+    auto it = sessions_.find(id);
+    if (it == sessions_.end()) return;
+    SessionRecord record = std::move(it->second);
+    sessions_.erase(it);
+    if (auto n = nicks_.find(record.nick.view()); n != nicks_.end() && n->second == id) nicks_.erase(n);
+    const auto rooms = record.rooms;
+    for (Room* room : rooms) remove_from_room(record, *room, event, detail);
+}
+
+}  // namespace chat
