@@ -14,6 +14,8 @@
 #include <iostream>
 #include <stdexcept>
 
+#include <asio/experimental/as_tuple.hpp>
+
 #include "chat/common/logging.hpp"
 #include "pulsechat_config.h"
 
@@ -478,7 +480,7 @@ void Server::launch(Stream stream, std::size_t shard, const std::string& peer, c
         ++per_address_[address];
         address_of_[id] = address;
     }
-    auto session = std::make_shared<Session<Stream>>(std::move(stream), id, shard, peer, env_);
+    auto session = make_session(std::move(stream), id, shard, peer, env_);
     if (hold) session->hold(std::move(hold));
     auto begin = [this, session, shard, rejection = std::move(rejection)]() mutable {
         live_[shard].emplace(session->id(), session);

@@ -19,7 +19,8 @@
 #include "chat/server/server_config.hpp"
 #include "chat/server/hub.hpp"
 #include "chat/server/room.hpp"
-#include "chat/server/session.hpp"
+#include "chat/server/session_base.hpp"
+#include "chat/server/session_env.hpp"
 #include "chat/common/tls.hpp"
 #include "chat/server/tls_server_context.hpp"
 

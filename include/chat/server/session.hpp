@@ -1,5 +1,9 @@
 // One client connection: a reader, a writer and a watchdog coroutine over any stream type.
 //
+// Included by src/server/session.cpp only, which instantiates it for each
+// transport; the rest of the server knows sessions as SessionBase
+// (session_base.hpp) and makes them with make_session().
+//
 // The same template serves TCP, TLS and Unix-domain sockets. All three
 // coroutines run on the session's own io_context (its shard) and share one
 // idempotent stop(). The watchdog owns every deadline: the handshake, the
@@ -38,58 +42,12 @@
 #include "chat/server/participant.hpp"
 #include "chat/proto/protocol.hpp"
 #include "chat/server/rate_limiter.hpp"
+#include "chat/server/session_base.hpp"
+#include "chat/server/session_env.hpp"
 #include "chat/proto/request.hpp"
 #include "chat/common/tls.hpp"
 
 namespace chat {
-
-// What every session of a server shares. Lives as long as the server.
-struct SessionEnv {
-    const ServerConfig& config;
-    Hub& hub;
-    asio::any_io_executor hub_executor;
-    std::shared_ptr<spdlog::logger> log;
-    std::string server_version;
-    // Called once on the session's own shard when all its coroutines ended.
-    std::function<void(std::uint64_t id)> on_finished;
-    // The most bytes one session has held for its peer at once (queued and in
-    // flight): the figure --queue-limit bounds. For tests and metrics.
-    std::atomic<std::size_t> peak_queued_bytes{0};
-    // Checks HELLO's access token; null: none needed.
-    AccessControl* access = nullptr;
-    // One per shard: where sessions with frames to write wait for the write pass.
-    std::vector<std::unique_ptr<FlushList>> flush_lists{};
-    // One per shard: its requests on their way to the hub (used when shard != 0).
-    std::vector<std::unique_ptr<HubGate>> hub_gates{};
-    // A handler threw (a bug): close session `id` on `shard` with ERROR internal.
-    // Called on any thread.
-    std::function<void(std::size_t shard, std::uint64_t id)> close_after_bug{};
-
-    // Counters for logs, tests and metrics (relaxed; none is on the per-delivery path).
-    // Heartbeat expiries not carried out because the peer's bytes were waiting
-    // in the socket: the peer was alive, the server behind.
-    std::atomic<std::uint64_t> expiries_averted{0};
-    // Handlers that threw: each is a bug, logged once and survived.
-    std::atomic<std::uint64_t> bugs{0};
-    // Connections that ended before their HELLO, and refused ones: summed up
-    // in one log line per second rather than logged one by one.
-    std::atomic<std::uint64_t> ended_before_hello{0};
-    std::atomic<std::uint64_t> refused{0};
-};
-
-// Largest payload a connection may send before its HELLO: a HELLO is a nick
-// and two tokens, so a stranger cannot make the server buffer a whole max_frame.
-inline constexpr std::uint32_t max_frame_before_hello = 4096;
-
-// The transport-independent face of a session, for the server's registries.
-class SessionBase : public Participant, public Flushable {
-public:
-    // Server shutdown: send BYE after what is queued, then close.
-    virtual void shutdown(const std::string& reason) = 0;
-    // Close now, queued or not.
-    virtual void abort(const std::string& reason) = 0;
-    virtual const std::string& peer() const noexcept = 0;
-};
 
 template <class Stream>
 class Session final : public SessionBase, public std::enable_shared_from_this<Session<Stream>> {
@@ -107,17 +65,13 @@ public:
           watchdog_(stream_.get_executor()) {}
 
     std::uint64_t id() const noexcept override { return id_; }
-    // Keeps something the stream depends on (a TLS context that a reload
-    // replaced) alive as long as the session.
-    void hold(std::shared_ptr<const void> resource) {
+    void hold(std::shared_ptr<const void> resource) override {
         if constexpr (is_tls_stream<Stream>) held_ = std::move(resource);
     }
     std::size_t shard() const noexcept override { return shard_; }
     const std::string& peer() const noexcept override { return peer_; }
 
-    // Starts the coroutines. `rejection`, when set, is sent as a fatal ERROR
-    // before anything is read (connection limits).
-    void start(std::optional<std::pair<ErrorCode, std::string>> rejection = std::nullopt) {
+    void start(std::optional<std::pair<ErrorCode, std::string>> rejection) override {
         const auto now = Clock::now();
         rx_deadline_ = now + env_.config.handshake_timeout;
         last_tx_ = now;
@@ -527,6 +481,12 @@ private:
     // Straight to the kernel: up to max_iov frames per sendmsg, continuing a
     // partially written batch, until the batch is out or the socket is full.
     WriteResult write_now(asio::error_code& ec) {
+        if constexpr (!waits_for_readiness) {
+            // TLS writes through its stream (writer()); explicit instantiation
+            // still compiles this member for it.
+            ec = asio::error::operation_not_supported;
+            return WriteResult::failed;
+        }
         auto& iov = iov_;
         while (sent_index_ < in_flight_.size()) {
             iov.clear();
@@ -539,7 +499,7 @@ private:
             msg.msg_iov = iov.data();
             msg.msg_iovlen = iov.size();
             // MSG_NOSIGNAL: a peer that has gone is EPIPE here, never SIGPIPE.
-            const ssize_t sent = ::sendmsg(stream_.native_handle(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+            const ssize_t sent = ::sendmsg(stream_.lowest_layer().native_handle(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
             if (sent < 0) {
                 if (errno == EINTR) continue;
                 if (errno == EAGAIN || errno == EWOULDBLOCK) return WriteResult::would_block;
