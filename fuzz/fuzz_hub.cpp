@@ -2,7 +2,7 @@
 // simulated clients connect (HELLO), send request frames, say BYE, time out,
 // stall as slow consumers, and the cross-shard work is run when the script
 // says so. Each client is a fake session that does what the real one does
-// (session.hpp): it checks the HELLO nick with NickName::parse, turns request
+// (server/session.hpp): it checks the HELLO nick with NickName::parse, turns request
 // frames into a Request or a Refusal with vet_request, hands the hub what
 // passed (directly on shard 0, posted with an OwnedRequest from shard 1), and
 // leaves the hub through a posted disconnect when it closes.

@@ -3,7 +3,7 @@
 
 One small file per frame type (a few hold a short exchange of frames), plus
 broken frames, one per decoder error. The encoder here is written from
-docs/PROTOCOL.md, independently of src/protocol.cpp, so the seeds also
+docs/PROTOCOL.md, independently of src/proto/protocol.cpp, so the seeds also
 check the spec against the code: every valid seed must decode.
 
 Usage: scripts/make-corpus.py [output-dir]   (default: test/corpus)
