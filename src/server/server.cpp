@@ -282,10 +282,10 @@ void Server::run_shard(std::size_t shard) {
             shards_[shard]->run();
             return;
         } catch (const std::exception& e) {
-            env_.bugs.fetch_add(1, std::memory_order_relaxed);
+            env_.counters.bugs.fetch_add(1, std::memory_order_relaxed);
             log_->error("bug: a handler on shard {} threw: {}; serving on", shard, e.what());
         } catch (...) {
-            env_.bugs.fetch_add(1, std::memory_order_relaxed);
+            env_.counters.bugs.fetch_add(1, std::memory_order_relaxed);
             log_->error("bug: a handler on shard {} threw a non-exception; serving on", shard);
         }
     }
@@ -299,12 +299,12 @@ void Server::summarize_connections() {
     summary_timer_.expires_after(std::chrono::seconds(1));
     summary_timer_.async_wait([this](const asio::error_code& ec) {
         if (ec || finished_) return;
-        const auto ended = env_.ended_before_hello.exchange(0, std::memory_order_relaxed);
-        const auto refused = env_.refused.exchange(0, std::memory_order_relaxed);
+        const auto ended = env_.counters.ended_before_hello.exchange(0, std::memory_order_relaxed);
+        const auto refused = env_.counters.refused.exchange(0, std::memory_order_relaxed);
         if (ended > 0 || refused > 0)
             log_->info("in the last second: {} connection(s) ended before HELLO, {} refused ({} open)", ended,
                        refused, live_sessions_.load());
-        const auto averted = env_.expiries_averted.load(std::memory_order_relaxed);
+        const auto averted = env_.counters.expiries_averted.load(std::memory_order_relaxed);
         if (averted != averted_reported_)
             log_->warn("in the last second: {} expiries averted: the peers' bytes were waiting unread (the server "
                        "is behind)",
@@ -468,7 +468,7 @@ void Server::launch(Stream stream, std::size_t shard, const std::string& peer, c
     }
     // One by one at debug level only: the per-second summary counts them.
     if (rejection) {
-        env_.refused.fetch_add(1, std::memory_order_relaxed);
+        env_.counters.refused.fetch_add(1, std::memory_order_relaxed);
         log_->debug("session {} {}: refused: {}", id, peer, rejection->second);
     } else {
         log_->debug("session {} {}: connected (shard {}, {})", id, peer, shard, transport);

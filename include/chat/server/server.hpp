@@ -65,7 +65,7 @@ public:
 
     std::size_t live_sessions() const noexcept { return live_sessions_.load(); }
     // The most bytes any one session has held for its peer (see SessionEnv).
-    std::size_t peak_queued_bytes() const noexcept { return env_.peak_queued_bytes.load(); }
+    std::size_t peak_queued_bytes() const noexcept { return env_.counters.peak_queued_bytes.load(); }
     const ServerConfig& config() const noexcept { return config_; }
     // Counters of what the sessions met (SessionEnv), for tests and metrics.
     const SessionEnv& session_env() const noexcept { return env_; }

@@ -1,23 +1,27 @@
-// One client connection: a reader, a writer and a watchdog coroutine over any stream type.
+// One client connection's I/O: a co_await reader of framed messages, the
+// writes, and one steady_timer, over any stream type, around a SessionCore.
 //
 // Included by src/server/session.cpp only, which instantiates it for each
 // transport; the rest of the server knows sessions as SessionBase
 // (session_base.hpp) and makes them with make_session().
 //
-// The same template serves TCP, TLS and Unix-domain sockets. All three
-// coroutines run on the session's own io_context (its shard) and share one
-// idempotent stop(). The watchdog owns every deadline: the handshake, the
-// heartbeat expiry, the write timeout and the drain of a closing session.
+// The same template serves TCP, TLS and Unix-domain sockets. Everything a
+// session decides (what a frame means, the queue and its bound, every
+// deadline, the close) is in SessionCore (session_core.hpp), which does no
+// I/O; this class feeds it what happened and carries out what it answers
+// (take_actions()): write, set the timer to next_wakeup(), close. All of it
+// runs on the session's own io_context (its shard).
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <functional>
 #include <memory>
+#include <optional>
 #include <span>
-#include <type_traits>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <linux/sockios.h>
@@ -33,24 +37,22 @@
 #include <asio/experimental/awaitable_operators.hpp>
 #include <spdlog/spdlog.h>
 
+#include "chat/common/tls.hpp"
+#include "chat/proto/protocol.hpp"
+#include "chat/proto/request.hpp"
 #include "chat/server/access.hpp"
-#include "chat/server/server_config.hpp"
-#include "chat/server/flush_list.hpp"
 #include "chat/server/hub.hpp"
 #include "chat/server/hub_gate.hpp"
-#include "chat/proto/names.hpp"
-#include "chat/server/participant.hpp"
-#include "chat/proto/protocol.hpp"
-#include "chat/server/rate_limiter.hpp"
 #include "chat/server/session_base.hpp"
+#include "chat/server/session_core.hpp"
 #include "chat/server/session_env.hpp"
-#include "chat/proto/request.hpp"
-#include "chat/common/tls.hpp"
 
 namespace chat {
 
 template <class Stream>
-class Session final : public SessionBase, public std::enable_shared_from_this<Session<Stream>> {
+class Session final : public SessionBase,
+                      private SessionHost,
+                      public std::enable_shared_from_this<Session<Stream>> {
 public:
     using Clock = std::chrono::steady_clock;
 
@@ -60,8 +62,8 @@ public:
           shard_(shard),
           peer_(std::move(peer)),
           env_(env),
+          core_(env.config, *this, env.counters, *env.log, id, peer_, env.server_version),
           decoder_(max_frame_before_hello),
-          limiter_(env.config.rate, env.config.burst),
           watchdog_(stream_.get_executor()) {}
 
     std::uint64_t id() const noexcept override { return id_; }
@@ -72,10 +74,8 @@ public:
     const std::string& peer() const noexcept override { return peer_; }
 
     void start(std::optional<std::pair<ErrorCode, std::string>> rejection) override {
-        const auto now = Clock::now();
-        rx_deadline_ = now + env_.config.handshake_timeout;
-        last_tx_ = now;
-        if (rejection) close_with_error(rejection->first, rejection->second);
+        core_.start(Clock::now(), std::move(rejection));
+        apply();  // a rejection's ERROR waits for the transport
         auto self = this->shared_from_this();
         // Independent tasks rather than one `reader && writer && watchdog`: a
         // parallel group costs several frames and cancellation slots per
@@ -85,84 +85,156 @@ public:
         spawn([self]() -> asio::awaitable<void> {
             if (!co_await self->tls_handshake()) co_return;
             self->transport_ready_ = true;
-            self->wake_writer();  // a rejection may be queued already
-            self->arm_watchdog();
+            self->core_.transport_ready();
+            self->apply();
+            self->on_watchdog();
             co_await self->reader();
         });
     }
 
-    // --- Participant: called on this session's shard ---
+    // --- Participant and SessionBase: called on this session's shard ---
 
     void deliver(const SharedFrame& frame) override {
-        if (stopped_ || closing_) return;
-        if (!has_room_for(*frame)) return;
-        queued_bytes_ += frame->size();
-        note_peak();
-        queue_.push_back(frame);
-        wake_writer();
+        core_.deliver(frame);
+        apply();
     }
-
     void on_login(const std::string& nick, const std::string& resume_token) override {
-        if (stopped_ || closing_) return;
-        nick_ = nick;
-        logged_in_ = true;
-        rx_deadline_ = Clock::now() + env_.config.heartbeat_timeout;
-        // The watchdog slept towards the handshake deadline; the heartbeat
-        // deadline and the PING schedule may come sooner.
-        watchdog_.cancel();
-        env_.log->info("session {} {}: logged in as '{}'", id_, peer_, nick_);
-        Welcome welcome;
-        welcome.session_id = id_;
-        welcome.heartbeat_interval_ms = static_cast<std::uint32_t>(env_.config.heartbeat_interval.count());
-        welcome.heartbeat_timeout_ms = static_cast<std::uint32_t>(env_.config.heartbeat_timeout.count());
-        welcome.max_frame = env_.config.max_frame;
-        welcome.nick = nick;
-        welcome.resume_token = resume_token;
-        welcome.server_name = env_.config.server_name;
-        welcome.server_version = env_.server_version;
-        // Ahead of any room traffic: the client learns its settings first.
-        send_control(make_frame(welcome));
+        core_.on_login(nick, resume_token, Clock::now());
+        apply();
     }
-
-    void on_renamed(const std::string& nick) override {
-        env_.log->info("session {} {}: renamed '{}' -> '{}'", id_, peer_, nick_, nick);
-        nick_ = nick;
-    }
-
+    void on_renamed(const std::string& nick) override { core_.on_renamed(nick); }
     void close_with_error(ErrorCode code, const std::string& reason) override {
-        if (stopped_ || closing_) return;
-        // Before HELLO a connection is anyone's: its end goes into the per-second summary.
-        env_.log->log(hello_seen_ ? spdlog::level::info : spdlog::level::debug, "session {} {}: closing: {} ({})",
-                      id_, peer_, log_safe(reason), to_string(code));
-        send_control(make_frame(make_error(code, reason, true)));
-        begin_close(presence_for(code), reason);
+        core_.close_with_error(code, reason, Clock::now());
+        apply();
     }
-
-    void abort(const std::string& reason) override { stop(PresenceEvent::disconnected, reason); }
-
+    void abort(const std::string& reason) override {
+        core_.abort(reason);
+        apply();
+    }
     void shutdown(const std::string& reason) override {
-        if (stopped_ || closing_) return;
-        if (!transport_ready_) {
-            // A TLS handshake still going: nothing was promised to this peer,
-            // so it does not hold up the drain.
-            stop(PresenceEvent::disconnected, reason);
-            return;
-        }
-        // Unlike the other control frames, BYE waits behind the room traffic
-        // already queued: a shutdown delivers what was queued, then says BYE.
-        auto bye = make_frame(make_bye(reason));
-        queued_bytes_ += bye->size();
-        note_peak();
-        queue_.push_back(std::move(bye));
-        begin_close(PresenceEvent::disconnected, reason);
+        core_.shutdown(reason, Clock::now());
+        apply();
     }
 
 private:
-    static PresenceEvent presence_for(ErrorCode code) {
-        return code == ErrorCode::heartbeat_timeout ? PresenceEvent::timed_out : PresenceEvent::disconnected;
+    // --- carrying out what the core decided ---
+
+    void apply() {
+        const unsigned actions = core_.take_actions();
+        if (actions == SessionCore::act_none) return;
+        if (actions & SessionCore::act_close) {
+            asio::error_code ignored;
+            stream_.lowest_layer().close(ignored);
+            watchdog_.cancel();
+            return;
+        }
+        if (actions & SessionCore::act_release) release_buffers(actions & SessionCore::act_trim);
+        if (actions & SessionCore::act_replan) replan();
+        if (actions & SessionCore::act_write) wake_writer();
     }
 
-    // --- the three coroutines ---
+    // A deadline moved closer than the timer's: wake it to set it again.
+    void replan() {
+        if (watchdog_armed_ && watchdog_.expiry() > core_.next_wakeup()) watchdog_.cancel();
+    }
+
+    // The timer fired, or was cancelled for a re-plan: let the core look at
+    // the time, then sleep until its next deadline.
+    void on_watchdog() {
+        watchdog_armed_ = false;
+        if (core_.closed()) return;
+        core_.on_timer(Clock::now());
+        apply();
+        if (core_.closed()) return;
+        watchdog_.expires_at(core_.next_wakeup());
+        watchdog_armed_ = true;
+        ++tasks_;
+        watchdog_.async_wait([self = this->shared_from_this()](const asio::error_code&) {
+            self->on_watchdog();
+            self->task_done();
+        });
+    }
+
+    // --- SessionHost: what the core asks of the hub and the socket ---
+
+    void login(const NickName& nick, std::string_view resume_token) override {
+        const auto login = [self = this->shared_from_this(), nick, token = std::string(resume_token)] {
+            try {
+                self->env_.hub.login(self, nick, token);
+            } catch (const std::exception& e) {
+                hub_bug(self->env_, self->shard_, self->id_, "HELLO", e.what());
+            }
+        };
+        if (shard_ == 0)
+            login();
+        else
+            asio::post(env_.hub_executor, login);
+    }
+
+    // To the hub: directly on its own shard (no copy of the text), else
+    // posted with an owned copy and counted against this shard's hub gate.
+    void submit(const Request& request) override {
+        if (shard_ == 0) {
+            run_on_hub(env_, shard_, id_, request);
+            return;
+        }
+        auto& gate = *env_.hub_gates[shard_];
+        gate.sent();
+        asio::post(env_.hub_executor, [&env = env_, &gate, shard = shard_, id = id_, owned = OwnedRequest(request)] {
+            run_on_hub(env, shard, id, owned.get());
+            gate.done();
+        });
+    }
+
+    void leave_hub(PresenceEvent event, const std::string& reason) override {
+        asio::post(env_.hub_executor, [&env = env_, id = id_, event, reason] {
+            try {
+                env.hub.disconnect(id, event, reason);
+            } catch (const std::exception& e) {
+                env.counters.bugs.fetch_add(1, std::memory_order_relaxed);
+                env.log->error("session {}: bug: the hub threw on disconnect: {}", id, e.what());
+            }
+        });
+    }
+
+    std::optional<AuthRefusal> check_access(std::string_view token) override {
+        if (env_.access == nullptr) return std::nullopt;
+        return env_.access->check(token, peer_address(peer_));
+    }
+
+    // SIOCINQ: bytes waiting in the socket's receive queue.
+    std::size_t unread_bytes() override {
+        int n = 0;
+        if (::ioctl(stream_.lowest_layer().native_handle(), SIOCINQ, &n) != 0) return 0;
+        return n > 0 ? static_cast<std::size_t>(n) : 0;
+    }
+
+    Clock::time_point now() override { return Clock::now(); }
+
+    // On the hub's thread. A hub handler that throws is a bug: the session
+    // involved is closed, the hub and every other session carry on.
+    static void run_on_hub(SessionEnv& env, std::size_t shard, std::uint64_t id, const Request& request) noexcept {
+        try {
+            env.hub.handle(id, request);
+        } catch (const std::exception& e) {
+            hub_bug(env, shard, id, request_name(request), e.what());
+        } catch (...) {
+            hub_bug(env, shard, id, request_name(request), "unknown exception");
+        }
+    }
+
+    static void hub_bug(SessionEnv& env, std::size_t shard, std::uint64_t id, std::string_view what,
+                        const char* why) noexcept {
+        try {
+            env.counters.bugs.fetch_add(1, std::memory_order_relaxed);
+            env.log->error("session {}: bug: the hub threw on {}: {}; closing the session", id, what, why);
+            env.hub.disconnect(id, PresenceEvent::disconnected, "internal error");
+            if (env.close_after_bug) env.close_after_bug(shard, id);
+        } catch (...) {
+        }
+    }
+
+    // --- reading ---
 
     // Plain sockets (TCP, Unix) can be waited on for readability, so an idle
     // session holds no read buffer at all: bytes are read into one scratch
@@ -171,22 +243,19 @@ private:
     static constexpr bool waits_for_readiness =
         std::is_same_v<Stream, asio::ip::tcp::socket> || std::is_same_v<Stream, asio::local::stream_protocol::socket>;
 
-    // Linux's IOV_MAX: frames per sendmsg (asio's own gather stops at 64).
-    static constexpr std::size_t max_iov = 1024;
-
     static std::span<std::uint8_t> read_scratch() {
         static thread_local std::vector<std::uint8_t> scratch(64 * 1024);
         return scratch;
     }
 
     // TLS: the handshake comes first and counts against the handshake timeout
-    // (rx_deadline_ is already set from it). Other streams: nothing to do.
+    // (the core's first deadline). Other streams: nothing to do.
     asio::awaitable<bool> tls_handshake() {
         if constexpr (is_tls_stream<Stream>) {
             using asio::experimental::as_tuple;
-            // The watchdog coroutine does not run yet, so its timer bounds the
+            // The watchdog does not run yet, so its timer bounds the
             // handshake: at the deadline the socket is closed, which ends it.
-            watchdog_.expires_at(rx_deadline_);
+            watchdog_.expires_at(core_.next_wakeup());
             watchdog_.async_wait([self = this->shared_from_this()](const asio::error_code& ec) {
                 if (ec || self->handshake_done_) return;
                 self->handshake_timed_out_ = true;
@@ -196,14 +265,15 @@ private:
             auto [ec] = co_await stream_.async_handshake(Stream::server, as_tuple(asio::use_awaitable));
             handshake_done_ = true;
             watchdog_.cancel();
-            if (stopped_) co_return false;  // aborted meanwhile (server shut down)
+            if (core_.closed()) co_return false;  // aborted meanwhile (server shut down)
             if (ec || handshake_timed_out_) {
                 const std::string why = handshake_timed_out_
                                             ? "TLS handshake not done within " +
                                                   format_duration(env_.config.handshake_timeout)
                                             : "TLS handshake failed: " + describe_tls_failure(ec, stream_.native_handle());
                 env_.log->warn("session {} {}: {}", id_, peer_, why);
-                stop(PresenceEvent::disconnected, why);
+                core_.transport_failed(why);
+                apply();
                 co_return false;
             }
             env_.log->debug("session {} {}: {}", id_, peer_, describe_tls_session(stream_.native_handle()));
@@ -214,7 +284,7 @@ private:
     asio::awaitable<void> reader() {
         using asio::experimental::as_tuple;
         Message message;
-        while (!stopped_) {
+        while (!core_.closed()) {
             asio::error_code ec;
             if constexpr (waits_for_readiness) {
                 auto [wait_ec] = co_await stream_.async_wait(asio::socket_base::wait_read, as_tuple(asio::use_awaitable));
@@ -233,70 +303,54 @@ private:
                 if (!ec) decoder_.commit(n);
                 if (is_tls_truncation(ec)) ec = asio::error::eof;  // closed without close_notify
             }
-            if (ec == asio::error::eof) peer_eof_ = true;
-            if (ec == asio::error::eof && (closing_ || decoder_.buffered() > 0)) {
-                // The peer half-closed: while closing, or in the middle of a
-                // frame (which earns an ERROR), the writer still gets to send
-                // what is queued, then closes; the watchdog bounds the wait.
-                if (!closing_)
-                    protocol_violation(ErrorCode::malformed_frame, "connection closed in the middle of a frame");
-                // Our side is shut already: the peer's EOF was all we waited for.
-                if (send_shut_) stop(close_event_, close_reason_);
+            if (ec == asio::error::eof) {
+                core_.on_peer_eof(decoder_.buffered() > 0, Clock::now());
+                apply();
                 break;
             }
             if (ec) {
-                if ((is_tls_stream<Stream> || send_shut_) && closing_) {
-                    // The close_notify exchange races the peer's own close
-                    // (typically a reset after its BYE), or the peer reset
-                    // while we waited for its EOF: the reason is the close's.
-                    stop(close_event_, close_reason_);
-                    break;
-                }
-                if (ec == asio::error::eof)
-                    stop(PresenceEvent::disconnected, "connection closed by peer");
-                else if (ec != asio::error::operation_aborted)
-                    stop(PresenceEvent::disconnected, "read failed: " + ec.message());
-                else
-                    stop(PresenceEvent::disconnected, "read cancelled");
+                core_.on_read_failed(ec == asio::error::operation_aborted ? std::string("read cancelled")
+                                                                         : "read failed: " + ec.message(),
+                                     is_tls_stream<Stream>);
+                apply();
                 break;
             }
-            if (closing_) {
+            if (core_.closing()) {
                 // Draining: what the peer sends now is read and dropped, so
                 // that unread input never turns our close into a reset.
-                decoder_ = Decoder(max_frame());
+                decoder_ = Decoder(core_.max_frame());
                 continue;
             }
+            Clock::time_point now{};
             for (bool first = true;; first = false) {
                 const auto status = decoder_.next(message);
                 if (status == Decoder::Status::need_more) break;
                 if (status == Decoder::Status::error) {
-                    protocol_error(decoder_.error());
+                    core_.on_decode_error(decoder_.error(), decoder_.failed_type(), Clock::now());
+                    apply();
                     break;
                 }
-                // Whole frames push the deadline, not stray bytes: a peer that
-                // trickles a frame one byte at a time is not kept alive by it.
-                if (first && (logged_in_ || hello_seen_))
-                    rx_deadline_ = Clock::now() + env_.config.heartbeat_timeout;
-                handle_guarded(message);
-                if (closing_ || stopped_) break;
+                // One clock read per read, not per frame.
+                if (first) now = Clock::now();
+                core_.on_frame(message, now);
+                decoder_.set_max_payload(core_.max_frame());  // HELLO lifts the bound
+                apply();
+                if (core_.closing() || core_.closed()) break;
             }
             // A huge SAY once received must not stay with an idle session.
             if (holds_big_text(message)) message = Heartbeat{};
             if constexpr (waits_for_readiness) {
                 // Nothing half-read: give the buffer back (an idle session keeps none).
-                if (decoder_.buffered() == 0 && !closing_) decoder_ = Decoder(max_frame());
+                if (decoder_.buffered() == 0 && !core_.closing()) decoder_ = Decoder(core_.max_frame());
             }
-            if (shard_ != 0 && !closing_ && !stopped_ && env_.hub_gates[shard_]->full()) {
+            if (shard_ != 0 && !core_.closing() && !core_.closed() && env_.hub_gates[shard_]->full()) {
                 // The hub is behind this shard's requests: read no more until
                 // it catches up. Bytes wait in the socket meanwhile, which the
-                // watchdog counts as a sign of life (see arm_watchdog).
+                // core counts as a sign of life (SessionCore::on_timer).
                 co_await env_.hub_gates[shard_]->wait_until_open();
             }
         }
     }
-
-    // The decoder's bound: a few KiB until HELLO, then --max-frame.
-    std::uint32_t max_frame() const noexcept { return hello_seen_ ? env_.config.max_frame : max_frame_before_hello; }
 
     static bool holds_big_text(const Message& m) noexcept {
         constexpr std::size_t keep = 4096;
@@ -305,51 +359,61 @@ private:
         return false;
     }
 
+    // --- writing ---
+
+    // Linux's IOV_MAX: frames per sendmsg (asio's own gather stops at 64).
+    static constexpr std::size_t max_iov = 1024;
+
+    // The core's batch, with the cursor of what was sent of it reset.
+    bool take_batch(Clock::time_point now) {
+        if (!core_.take_batch(now)) return false;
+        sent_index_ = 0;
+        sent_offset_ = 0;
+        return true;
+    }
+
     // Started when a write has to wait (socket buffer full), when the stream
     // has buffers of its own (TLS), or to close; ends when the queues are empty
     // (or, closing, after the close). Plain sockets are otherwise written by
     // flush(), without a coroutine.
     asio::awaitable<void> writer() {
         using asio::experimental::as_tuple;
-        while (!stopped_) {
-            if (in_flight_.empty() && !take_batch()) {
-                if (closing_) {
+        while (!core_.closed()) {
+            if (core_.batch().empty() && !take_batch(Clock::now())) {
+                if (core_.wants_half_close()) {
                     // Everything queued before the close is out: now close.
                     if constexpr (is_tls_stream<Stream>) {
                         // close_notify tells the peer the stream ended here and was
-                        // not cut; its answer gets a short, bounded wait.
+                        // not cut; its answer gets a short, bounded wait. From here
+                        // the peer's EOF (its answer, or its plain close) ends the
+                        // session: the reader tells the core.
+                        core_.half_closed(Clock::now());
+                        apply();
+                        if (core_.closed()) break;
                         using namespace asio::experimental::awaitable_operators;
                         asio::steady_timer bound(stream_.get_executor());
-                        bound.expires_at(std::min(close_deadline_, Clock::now() + short_grace()));
-                        // From here the peer's EOF (its answer, or its plain
-                        // close) ends the session: the reader stops it.
-                        send_shut_ = true;
+                        bound.expires_at(core_.next_wakeup());
                         co_await (stream_.async_shutdown(as_tuple(asio::use_awaitable)) ||
                                   bound.async_wait(as_tuple(asio::use_awaitable)));
+                        core_.linger_done();
+                        apply();
                     } else {
+                        // The core waits for the peer's EOF before the close (a
+                        // close with unread input would be a reset); the reader
+                        // drains until it comes.
                         asio::error_code ignored;
                         stream_.lowest_layer().shutdown(asio::socket_base::shutdown_send, ignored);
-                        if (!peer_eof_) {
-                            // Closing now, with the peer's input unread, would
-                            // make the kernel send a reset, and a reset makes
-                            // the peer's kernel drop what we sent last (the
-                            // BYE, the fatal ERROR). The reader drains until
-                            // the peer's EOF; the watchdog bounds the wait.
-                            send_shut_ = true;
-                            close_deadline_ = std::min(close_deadline_, Clock::now() + short_grace());
-                            watchdog_.cancel();
-                            break;
-                        }
+                        core_.half_closed(Clock::now());
+                        apply();
                     }
-                    stop(close_event_, close_reason_);
-                    break;
                 }
                 break;  // idle: the next queued frame starts a new writer
             }
             asio::error_code ec;
             if constexpr (waits_for_readiness) {
                 if (write_now(ec) == WriteResult::would_block) {
-                    plan_write_deadline();
+                    core_.write_waiting();
+                    apply();
                     auto [wait_ec] =
                         co_await stream_.async_wait(asio::socket_base::wait_write, as_tuple(asio::use_awaitable));
                     if (!wait_ec) continue;
@@ -358,16 +422,19 @@ private:
             } else {
                 auto& buffers = buffers_;
                 buffers.clear();
-                for (const auto& f : in_flight_) buffers.emplace_back(f->data(), f->size());
-                plan_write_deadline();
+                for (const auto& f : core_.batch()) buffers.emplace_back(f->data(), f->size());
+                core_.write_waiting();
+                apply();
                 auto [write_ec, n] = co_await asio::async_write(stream_, buffers, as_tuple(asio::use_awaitable));
                 ec = write_ec;
             }
             if (ec) {
-                if (!stopped_) stop(PresenceEvent::disconnected, "write failed: " + ec.message());
+                core_.on_write_failed("write failed: " + ec.message());
+                apply();
                 break;
             }
-            finish_batch();
+            core_.batch_written(Clock::now());
+            apply();
         }
         writer_running_ = false;
     }
@@ -375,55 +442,38 @@ private:
     // Flushable: the shard's write pass. Plain sockets only (see wake_writer).
     void flush() override {
         flush_pending_ = false;
-        if (stopped_ || writer_running_) return;
+        if (core_.closed() || writer_running_) return;
         if constexpr (waits_for_readiness) {
-            if (in_flight_.empty() && !take_batch()) {
-                if (closing_) start_writer();  // nothing left to send: the writer closes
+            const auto now = Clock::now();
+            if (core_.batch().empty() && !take_batch(now)) {
+                if (core_.wants_half_close()) start_writer();  // nothing left to send: the writer closes
                 return;
             }
             asio::error_code ec;
             switch (write_now(ec)) {
             case WriteResult::done:
-                finish_batch();
-                if (closing_) start_writer();
-                return;
+                core_.batch_written(now);
+                if (core_.wants_half_close()) start_writer();
+                break;
             case WriteResult::would_block:
                 start_writer();  // the rest waits for writability there
-                plan_write_deadline();
-                return;
+                core_.write_waiting();
+                break;
             case WriteResult::failed:
-                stop(PresenceEvent::disconnected, "write failed: " + ec.message());
-                return;
+                core_.on_write_failed("write failed: " + ec.message());
+                break;
             }
+            apply();
         }
     }
 
-    // Moves every queued frame into the batch to write, control frames
-    // (WELCOME, PING, PONG, ERROR, BYE) first, so a full queue never starves a
-    // heartbeat. False when nothing is queued.
-    bool take_batch() {
-        if (control_.empty() && queue_.empty()) return false;
-        in_flight_.swap(control_);
-        in_flight_.insert(in_flight_.end(), std::make_move_iterator(queue_.begin()),
-                          std::make_move_iterator(queue_.end()));
-        queue_.clear();
-        // Everything waiting is now in flight and still held: it counts
-        // against the queue limit until the write is done.
-        in_flight_bytes_ = queued_bytes_;
-        queued_bytes_ = 0;
-        sent_index_ = 0;
-        sent_offset_ = 0;
-        writing_ = true;
-        write_started_ = Clock::now();
-        return true;
-    }
-
-    void finish_batch() {
-        writing_ = false;
-        last_tx_ = Clock::now();
-        in_flight_bytes_ = 0;
-        in_flight_.clear();
-        if (queue_.empty() && control_.empty() && release_backlog_memory(256) >= 256 * 1024) return_free_memory();
+    // The transport's own arrays after a backlog (the core gave back its
+    // queues'); `trim`: a large backlog, so free heap pages go back too.
+    // Called between writes only: nothing in flight points into them.
+    void release_buffers(bool trim) {
+        std::vector<iovec>().swap(iov_);
+        if constexpr (is_tls_stream<Stream>) std::vector<asio::const_buffer>().swap(buffers_);
+        if (trim) return_free_memory();
     }
 
     // A drained backlog of thousands of frames freed as many small blocks,
@@ -440,42 +490,6 @@ private:
 #endif
     }
 
-    // After a backlog the queues' arrays keep their size; a session that once
-    // held thousands of frames gives that memory back once it is drained
-    // (arrays over `keep` frames), and any array once it has been idle for a
-    // heartbeat interval (keep = 0). Steady traffic in batches of fewer than
-    // 256 frames keeps its arrays: no allocation per batch.
-    // Returns the bytes of array capacity given back.
-    std::size_t release_backlog_memory(std::size_t keep) {
-        std::size_t released = 0;
-        const auto release = [keep, &released](auto& v) {
-            if (v.capacity() <= keep) return;
-            released += v.capacity() * sizeof(v[0]);
-            std::remove_reference_t<decltype(v)>().swap(v);
-        };
-        release(in_flight_);
-        release(queue_);
-        release(control_);
-        release(iov_);
-        if constexpr (is_tls_stream<Stream>) release(buffers_);
-        return released;
-    }
-
-    // A write that has to wait is bounded by --write-timeout: make sure the
-    // watchdog wakes by then (it may sleep towards a later deadline).
-    void plan_write_deadline() {
-        if (!writing_ || closing_) return;
-        if (watchdog_.expiry() > write_started_ + env_.config.write_timeout) watchdog_.cancel();
-    }
-
-    // Bytes the peer sent that wait unread in the socket (SIOCINQ): proof
-    // that it is alive even when the server has not got round to reading.
-    std::size_t unread_bytes() noexcept {
-        int n = 0;
-        if (::ioctl(stream_.lowest_layer().native_handle(), SIOCINQ, &n) != 0) return 0;
-        return n > 0 ? static_cast<std::size_t>(n) : 0;
-    }
-
     enum class WriteResult { done, would_block, failed };
 
     // Straight to the kernel: up to max_iov frames per sendmsg, continuing a
@@ -487,11 +501,12 @@ private:
             ec = asio::error::operation_not_supported;
             return WriteResult::failed;
         }
+        const auto& batch = core_.batch();
         auto& iov = iov_;
-        while (sent_index_ < in_flight_.size()) {
+        while (sent_index_ < batch.size()) {
             iov.clear();
-            for (std::size_t i = sent_index_; i < in_flight_.size() && iov.size() < max_iov; ++i) {
-                const std::string& f = *in_flight_[i];
+            for (std::size_t i = sent_index_; i < batch.size() && iov.size() < max_iov; ++i) {
+                const std::string& f = *batch[i];
                 const std::size_t skip = i == sent_index_ ? sent_offset_ : 0;
                 iov.push_back(iovec{const_cast<char*>(f.data()) + skip, f.size() - skip});
             }
@@ -507,7 +522,7 @@ private:
                 return WriteResult::failed;
             }
             for (auto left = static_cast<std::size_t>(sent); left > 0;) {
-                const std::size_t rest = in_flight_[sent_index_]->size() - sent_offset_;
+                const std::size_t rest = batch[sent_index_]->size() - sent_offset_;
                 if (left >= rest) {
                     left -= rest;
                     ++sent_index_;
@@ -521,11 +536,28 @@ private:
         return WriteResult::done;
     }
 
+    void wake_writer() {
+        if (writer_running_ || flush_pending_ || core_.closed() || !transport_ready_) return;
+        if constexpr (waits_for_readiness) {
+            // Not written here: everything queued until the shard's write pass
+            // (a whole read's worth of fan-out) goes out in one write.
+            flush_pending_ = true;
+            env_.flush_lists[shard_]->add(this->shared_from_this());
+        } else {
+            writer_running_ = true;
+            ++tasks_;
+            asio::post(stream_.get_executor(),
+                       [self = this->shared_from_this()] { self->spawn_counted(self->writer()); });
+        }
+    }
+
     void start_writer() {
         writer_running_ = true;
         ++tasks_;
         spawn_counted(writer());
     }
+
+    // --- tasks ---
 
     template <class Task>
     void spawn(Task task) {
@@ -544,414 +576,17 @@ private:
                                } catch (const std::exception& ex) {
                                    self->env_.log->error("session {} {}: bug: {}", self->id_, self->peer_, ex.what());
                                }
-                               self->stop(PresenceEvent::disconnected, "internal error");
+                               self->core_.abort("internal error");
+                               self->apply();
                            }
                            self->task_done();
                        });
     }
 
     // The server forgets the session once its last task (reader, writer, or a
-    // pending watchdog wait) has ended.
+    // pending timer wait) has ended.
     void task_done() {
         if (--tasks_ == 0) env_.on_finished(id_);
-    }
-
-    // One timer for every deadline of the session; re-planned each time it fires
-    // or is cancelled (a cancel is how others ask for a re-plan).
-    void arm_watchdog() {
-        const auto& cfg = env_.config;
-        for (;;) {
-            if (stopped_) return;
-            const auto now = Clock::now();
-            if (now >= rx_deadline_ && !closing_) {
-                if (const std::size_t waiting = unread_bytes(); waiting > 0) {
-                    // The peer sent something we have not read yet: it is
-                    // alive and the server is behind (a join storm, a paused
-                    // reader). Read it instead of expiring a live peer.
-                    env_.expiries_averted.fetch_add(1, std::memory_order_relaxed);
-                    // Once per session: an overloaded server would otherwise
-                    // log a line per session per interval.
-                    if (!averted_logged_) env_.log->warn("session {} {}{}: deadline passed with {} unread bytes waiting: the server is "
-                                   "behind, not the peer; not expiring it",
-                                   id_, peer_, nick_.empty() ? "" : " '" + nick_ + "'", waiting);
-                    averted_logged_ = true;
-                    rx_deadline_ = now + std::min(cfg.heartbeat_interval, cfg.heartbeat_timeout);
-                    continue;
-                }
-                if (!logged_in_ && !hello_seen_) {
-                    env_.log->debug("session {} {}: no HELLO within {}", id_, peer_,
-                                    format_duration(cfg.handshake_timeout));
-                    close_with_error(ErrorCode::handshake_timeout,
-                                     "no HELLO within " + format_duration(cfg.handshake_timeout));
-                } else if (!logged_in_) {
-                    // The client did its part; the hub has not answered its
-                    // HELLO (the server is overloaded): not a heartbeat timeout.
-                    env_.log->warn("session {} {}: the hub did not answer HELLO within {}; closing", id_, peer_,
-                                   format_duration(cfg.heartbeat_timeout));
-                    close_with_error(ErrorCode::internal, "the server did not answer HELLO within " +
-                                                              format_duration(cfg.heartbeat_timeout) +
-                                                              " (overloaded); try again later");
-                } else {
-                    env_.log->warn("session {} {} '{}': heartbeat timeout: nothing received for {}", id_, peer_,
-                                   nick_, format_duration(cfg.heartbeat_timeout));
-                    // The peer is presumably dead: its rooms hear of it now; the
-                    // ERROR gets a short grace to go out, no more.
-                    leave_hub(PresenceEvent::timed_out, "heartbeat timeout");
-                    drop_queued();
-                    send_control(make_frame(make_error(
-                        ErrorCode::heartbeat_timeout, "nothing received for " + format_duration(cfg.heartbeat_timeout),
-                        true)));
-                    begin_close(PresenceEvent::timed_out, "heartbeat timeout", short_grace());
-                }
-                continue;
-            }
-            if (writing_ && now - write_started_ >= cfg.write_timeout && !closing_) {
-                slow_consumer("a write did not finish within " + format_duration(cfg.write_timeout));
-                continue;
-            }
-            if (closing_ && now >= close_deadline_) {
-                // After our half-close the wait was only for the peer's EOF:
-                // everything was sent, the reason stands as it is.
-                stop(close_event_, send_shut_ ? close_reason_
-                                              : close_reason_ + " (peer did not take the last frames in time)");
-                continue;
-            }
-            if (logged_in_ && !closing_ && now - last_tx_ >= cfg.heartbeat_interval) {
-                // Nothing was sent for an interval: the session is idle, so
-                // whatever its queue arrays grew to in a burst (a join storm's
-                // PRESENCE frames) goes back now, however small.
-                if (!writing_ && queue_.empty() && control_.empty()) release_backlog_memory(0);
-                send_control(make_frame(Ping{++ping_nonce_}));
-                last_tx_ = now;  // a PING counts as sending; the next one waits an interval
-            }
-            // While closing only the drain deadline counts: the others may
-            // already have passed and would wake the watchdog without end.
-            auto next = closing_ ? close_deadline_ : rx_deadline_;
-            if (!closing_ && logged_in_) next = std::min(next, last_tx_ + cfg.heartbeat_interval);
-            if (!closing_ && writing_) next = std::min(next, write_started_ + cfg.write_timeout);
-            watchdog_.expires_at(next);
-            ++tasks_;
-            watchdog_.async_wait([self = this->shared_from_this()](const asio::error_code&) {
-                self->arm_watchdog();
-                self->task_done();
-            });
-            return;
-        }
-    }
-
-    // --- frames from the client ---
-
-    // A handler that throws is a bug; it ends this session, never the server.
-    void handle_guarded(Message& message) noexcept {
-        try {
-            handle(message);
-        } catch (const std::exception& e) {
-            report_bug(e.what());
-        } catch (...) {
-            report_bug("unknown exception");
-        }
-    }
-
-    void report_bug(const char* what) noexcept {
-        try {
-            env_.bugs.fetch_add(1, std::memory_order_relaxed);
-            env_.log->error("session {} {}: bug: a handler threw: {}; closing the session", id_, peer_, what);
-            close_with_error(ErrorCode::internal, "internal error");
-        } catch (...) {
-            stop(PresenceEvent::disconnected, "internal error");
-        }
-    }
-
-    void handle(Message& message) {
-        if (!hello_seen_) {
-            if (auto* hello = std::get_if<Hello>(&message)) {
-                on_hello(*hello);
-            } else {
-                protocol_violation(ErrorCode::hello_required,
-                                   fmt::format("expected HELLO, got {}", to_string(frame_type(message))));
-            }
-            return;
-        }
-        if (is_request_frame(message)) {
-            on_request(message);
-            return;
-        }
-        std::visit([this](auto& m) { this->on(m); }, message);
-    }
-
-    // JOIN, LEAVE, SAY, WHISPER, NICK, LIST, WHO: checked here, at the edge;
-    // the hub gets only what passed (request.hpp).
-    void on_request(const Message& frame) {
-        if (!admit()) return;
-        auto vetted = vet_request(frame);
-        if (const auto* refusal = std::get_if<Refusal>(&vetted)) {
-            send_error(refusal->code, std::string(refusal->reason));
-            return;
-        }
-        const Request& request = std::get<Request>(vetted);
-        if (const auto* join = std::get_if<JoinRequest>(&request))
-            env_.log->info("session {} {} '{}': join '{}'", id_, peer_, nick_, join->room.view());
-        else if (const auto* leave = std::get_if<LeaveRequest>(&request))
-            env_.log->info("session {} {} '{}': leave '{}'", id_, peer_, nick_, leave->room.view());
-        else if (const auto* say = std::get_if<SayRequest>(&request))
-            env_.log->debug("session {} '{}' in '{}': {}", id_, nick_, say->room.view(), log_safe(say->text));
-        submit(request);
-    }
-
-    // To the hub: directly on its own shard (no copy of the text), else
-    // posted with an owned copy and counted against this shard's hub gate.
-    void submit(const Request& request) {
-        if (shard_ == 0) {
-            run_on_hub(env_, shard_, id_, request);
-            return;
-        }
-        auto& gate = *env_.hub_gates[shard_];
-        gate.sent();
-        asio::post(env_.hub_executor, [&env = env_, &gate, shard = shard_, id = id_, owned = OwnedRequest(request)] {
-            run_on_hub(env, shard, id, owned.get());
-            gate.done();
-        });
-    }
-
-    // On the hub's thread. A hub handler that throws is a bug: the session
-    // involved is closed, the hub and every other session carry on.
-    static void run_on_hub(SessionEnv& env, std::size_t shard, std::uint64_t id, const Request& request) noexcept {
-        try {
-            env.hub.handle(id, request);
-        } catch (const std::exception& e) {
-            hub_bug(env, shard, id, request_name(request), e.what());
-        } catch (...) {
-            hub_bug(env, shard, id, request_name(request), "unknown exception");
-        }
-    }
-
-    static void hub_bug(SessionEnv& env, std::size_t shard, std::uint64_t id, std::string_view what,
-                        const char* why) noexcept {
-        try {
-            env.bugs.fetch_add(1, std::memory_order_relaxed);
-            env.log->error("session {}: bug: the hub threw on {}: {}; closing the session", id, what, why);
-            env.hub.disconnect(id, PresenceEvent::disconnected, "internal error");
-            if (env.close_after_bug) env.close_after_bug(shard, id);
-        } catch (...) {
-        }
-    }
-
-    void on_hello(Hello& hello) {
-        hello_seen_ = true;
-        decoder_.set_max_payload(env_.config.max_frame);
-        // Until WELCOME the client waits for us: the hub's answer is bounded
-        // by the heartbeat timeout, not by the handshake deadline (arm_watchdog).
-        rx_deadline_ = Clock::now() + env_.config.heartbeat_timeout;
-        if (env_.access != nullptr) {
-            if (auto refusal = env_.access->check(hello.token, peer_address(peer_))) {
-                env_.log->warn("session {} {}: login refused: {}", id_, peer_, refusal->detail);
-                close_with_error(ErrorCode::auth_failed, refusal->reason);
-                return;
-            }
-        }
-        auto nick = NickName::parse(hello.nick);
-        if (!nick) {
-            protocol_violation(ErrorCode::invalid_nick,
-                               "nickname must be 1-32 characters of letters, digits, '_', '-', '.', "
-                               "starting with a letter or digit");
-            return;
-        }
-        env_.log->debug("session {} {}: HELLO as '{}'", id_, peer_, nick->view());
-        auto self = this->shared_from_this();
-        const auto login = [self, nick = *nick, token = std::move(hello.resume_token)] {
-            try {
-                self->env_.hub.login(self, nick, token);
-            } catch (const std::exception& e) {
-                hub_bug(self->env_, self->shard_, self->id_, "HELLO", e.what());
-            }
-        };
-        if (shard_ == 0)
-            login();
-        else
-            asio::post(env_.hub_executor, login);
-    }
-
-    void on(Hello&) { protocol_violation(ErrorCode::duplicate_hello, "HELLO was already sent on this connection"); }
-
-    void on(Heartbeat&) {}  // the read itself pushed the deadline forward
-    void on(Pong&) {}
-    void on(Ping& ping) {
-        // A peer that PINGs but never reads would otherwise pile up PONGs.
-        auto pong = make_frame(Pong{ping.nonce});
-        if (has_room_for(*pong)) send_control(std::move(pong));
-    }
-
-    void on(Bye& bye) {
-        env_.log->info("session {} {} '{}': said BYE: {}", id_, peer_, nick_, log_safe(bye.reason));
-        // The receiver of a BYE sends nothing more (PROTOCOL.md section 10):
-        // what is queued is dropped, the connection closes.
-        drop_queued();
-        begin_close(PresenceEvent::disconnected,
-                    bye.reason.empty() ? std::string("quit") : "quit: " + clip_reason(bye.reason));
-    }
-
-    template <class M>
-    void on(M& m) {
-        protocol_violation(ErrorCode::unknown_type,
-                           fmt::format("{} is not a frame a client may send", to_string(frame_type(Message{m}))));
-    }
-
-    // Flood control for everything but heartbeats; true when the frame may pass.
-    bool admit() {
-        if (!hello_seen_) return false;
-        if (limiter_.try_take(Clock::now())) {
-            rate_strikes_ = 0;
-            return true;
-        }
-        if (++rate_strikes_ >= env_.config.rate_strikes) {
-            env_.log->warn("session {} {} '{}': disconnected for flooding ({} refused messages in a row)", id_, peer_,
-                           nick_, rate_strikes_);
-            close_with_error(ErrorCode::rate_limited, "disconnected for flooding");
-        } else {
-            send_error(ErrorCode::rate_limited,
-                       fmt::format("over {} messages/s (burst {}); message dropped", env_.config.rate,
-                                   env_.config.burst));
-        }
-        return false;
-    }
-
-    // --- outcomes ---
-
-    void protocol_error(DecodeError error) {
-        // "SAY: truncated_field": the frame type and what was wrong with it (PROTOCOL.md 9.2).
-        const auto type = decoder_.failed_type();
-        std::string reason = fmt::format("{}: {}", to_string(static_cast<FrameType>(type)), to_string(error));
-        if (error == DecodeError::frame_too_large)
-            reason = fmt::format("{}: frame larger than the maximum of {} bytes{}", to_string(static_cast<FrameType>(type)),
-                                 max_frame(), hello_seen_ ? "" : " before HELLO");
-        else if (error == DecodeError::unsupported_version)
-            reason = fmt::format("this server speaks protocol version {}", protocol_version);
-        else if (error == DecodeError::unknown_type)
-            reason = fmt::format("unknown frame type 0x{:02x}", decoder_.failed_type());
-        protocol_violation(to_error_code(error), reason);
-    }
-
-    void protocol_violation(ErrorCode code, const std::string& reason) {
-        env_.log->log(hello_seen_ ? spdlog::level::warn : spdlog::level::debug,
-                      "session {} {}: protocol violation: {} ({})", id_, peer_, log_safe(reason), to_string(code));
-        close_with_error(code, reason);
-    }
-
-    void slow_consumer(const std::string& why) {
-        if (stopped_) return;
-        env_.log->warn("session {} {} '{}': slow consumer: {}", id_, peer_, nick_, why);
-        // The ERROR jumps the queue, but the peer is not reading, so it gets a
-        // short grace only; the queued room traffic is dropped here, which is
-        // what keeps server memory bounded.
-        if (closing_ && left_hub_) {
-            stop(PresenceEvent::disconnected, "slow consumer: " + why);
-            return;
-        }
-        leave_hub(PresenceEvent::disconnected, "slow consumer");
-        drop_queued();
-        send_control(make_frame(make_error(ErrorCode::slow_consumer, why, true)));
-        begin_close(PresenceEvent::disconnected, "slow consumer: " + why, short_grace());
-    }
-
-    // Frames not yet handed to a write; the one in flight cannot be taken back.
-    void drop_queued() {
-        control_.clear();
-        queue_.clear();
-        queued_bytes_ = 0;
-    }
-
-    void send_error(ErrorCode code, std::string reason) {
-        auto error = make_frame(make_error(code, reason, false));
-        if (has_room_for(*error)) send_control(std::move(error));
-    }
-
-    // True when `frame` fits under --queue-limit with everything held for the
-    // peer (waiting and in flight); otherwise the session is a slow consumer.
-    bool has_room_for(const std::string& frame) {
-        if (queued_bytes_ + in_flight_bytes_ + frame.size() <= env_.config.queue_limit) return true;
-        slow_consumer(fmt::format("write queue full: {} bytes held for the peer, and a {}-byte frame would pass "
-                                  "the limit of {}",
-                                  queued_bytes_ + in_flight_bytes_, frame.size(), format_size(env_.config.queue_limit)));
-        return false;
-    }
-
-    void note_peak() {
-        const std::size_t held = queued_bytes_ + in_flight_bytes_;
-        auto& peak = env_.peak_queued_bytes;
-        auto seen = peak.load(std::memory_order_relaxed);
-        while (held > seen && !peak.compare_exchange_weak(seen, held, std::memory_order_relaxed)) {
-        }
-    }
-
-    // Control frames jump the queue but count against its limit like the rest;
-    // the callers that could repeat without bound (PONG, non-fatal ERROR) check
-    // has_room_for() first.
-    void send_control(SharedFrame frame) {
-        queued_bytes_ += frame->size();
-        note_peak();
-        control_.push_back(std::move(frame));
-        wake_writer();
-    }
-
-    void wake_writer() {
-        if (writer_running_ || flush_pending_ || stopped_ || !transport_ready_) return;
-        if constexpr (waits_for_readiness) {
-            // Not written here: everything queued until the shard's write pass
-            // (a whole read's worth of fan-out) goes out in one write.
-            flush_pending_ = true;
-            env_.flush_lists[shard_]->add(this->shared_from_this());
-        } else {
-            writer_running_ = true;
-            ++tasks_;
-            asio::post(stream_.get_executor(),
-                       [self = this->shared_from_this()] { self->spawn_counted(self->writer()); });
-        }
-    }
-
-    // A dead or stalled peer gets this long to take a last ERROR.
-    Duration short_grace() const { return std::min<Duration>(env_.config.write_timeout, Duration{1000}); }
-
-    void begin_close(PresenceEvent event, const std::string& reason) {
-        begin_close(event, reason, env_.config.write_timeout);
-    }
-
-    void begin_close(PresenceEvent event, const std::string& reason, Duration grace) {
-        // A closing session takes no more room traffic (deliver() drops it),
-        // so its rooms hear of its end now, not after the drain.
-        leave_hub(event, reason);
-        closing_ = true;
-        close_event_ = event;
-        close_reason_ = reason;
-        close_deadline_ = Clock::now() + grace;
-        watchdog_.cancel();  // re-plan around the drain deadline
-        wake_writer();
-    }
-
-    // Idempotent: the hub forgets the session and its rooms see `event`.
-    void leave_hub(PresenceEvent event, const std::string& reason) {
-        if (left_hub_) return;
-        left_hub_ = true;
-        asio::post(env_.hub_executor, [&env = env_, id = id_, event, reason] {
-            try {
-                env.hub.disconnect(id, event, reason);
-            } catch (const std::exception& e) {
-                env.bugs.fetch_add(1, std::memory_order_relaxed);
-                env.log->error("session {}: bug: the hub threw on disconnect: {}", id, e.what());
-            }
-        });
-    }
-
-    // Idempotent: leaves the hub, closes the socket, cancels timers, logs the reason once.
-    void stop(PresenceEvent event, const std::string& reason) {
-        if (stopped_) return;
-        stopped_ = true;
-        if (!hello_seen_) env_.ended_before_hello.fetch_add(1, std::memory_order_relaxed);
-        env_.log->log(hello_seen_ ? spdlog::level::info : spdlog::level::debug, "session {} {}{}: disconnected: {}",
-                      id_, peer_, nick_.empty() ? "" : " '" + nick_ + "'", log_safe(reason));
-        leave_hub(event, reason);
-        asio::error_code ignored;
-        stream_.lowest_layer().close(ignored);
-        watchdog_.cancel();
     }
 
     // Members only TLS uses take no room in the other sessions.
@@ -965,48 +600,25 @@ private:
     const std::size_t shard_;
     const std::string peer_;
     SessionEnv& env_;
-    std::string nick_;
+    SessionCore core_;
 
     Decoder decoder_;
-    RateLimiter limiter_;
-    unsigned rate_strikes_ = 0;
-
     asio::steady_timer watchdog_;
+    bool watchdog_armed_ = false;
     bool writer_running_ = false;
-    bool flush_pending_ = false;  // on the shard's flush list
+    bool flush_pending_ = false;    // on the shard's flush list
     bool transport_ready_ = false;  // TLS: after the handshake
-    // The writer's batch and its buffer lists, kept so their capacity is reused.
-    std::vector<SharedFrame> in_flight_;
-    std::size_t sent_index_ = 0;   // in_flight_[sent_index_] is the first frame not fully sent
-    std::size_t sent_offset_ = 0;  // bytes of it already sent
+    bool handshake_done_ = false;       // TLS
+    bool handshake_timed_out_ = false;  // TLS
+    unsigned tasks_ = 0;
+
+    // The cursor in the core's batch: batch()[sent_index_] is the first frame
+    // not fully sent, sent_offset_ bytes of it already are.
+    std::size_t sent_index_ = 0;
+    std::size_t sent_offset_ = 0;
+    // The write's buffer lists, kept so their capacity is reused.
     [[no_unique_address]] TlsOnly<std::vector<asio::const_buffer>> buffers_;
     std::vector<iovec> iov_;
-
-    std::vector<SharedFrame> control_;
-    std::vector<SharedFrame> queue_;
-    std::size_t queued_bytes_ = 0;     // waiting in control_ and queue_
-    std::size_t in_flight_bytes_ = 0;  // handed to the write in progress
-
-    Clock::time_point rx_deadline_{};
-    Clock::time_point last_tx_{};
-    Clock::time_point write_started_{};
-    Clock::time_point close_deadline_{};
-    bool writing_ = false;
-    std::uint64_t ping_nonce_ = 0;
-
-    bool handshake_done_ = false;      // TLS
-    bool handshake_timed_out_ = false;  // TLS
-    bool hello_seen_ = false;
-    bool logged_in_ = false;
-    bool closing_ = false;
-    bool averted_logged_ = false;
-    bool send_shut_ = false;  // our half-close is done: waiting for the peer's EOF
-    bool peer_eof_ = false;
-    bool stopped_ = false;
-    unsigned tasks_ = 0;
-    bool left_hub_ = false;
-    PresenceEvent close_event_ = PresenceEvent::disconnected;
-    std::string close_reason_;
 };
 
 }  // namespace chat

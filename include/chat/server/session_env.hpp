@@ -18,6 +18,7 @@
 #include "chat/server/hub.hpp"
 #include "chat/server/hub_gate.hpp"
 #include "chat/server/server_config.hpp"
+#include "chat/server/session_core.hpp"
 
 namespace chat {
 
@@ -30,9 +31,6 @@ struct SessionEnv {
     std::string server_version;
     // Called once on the session's own shard when all its coroutines ended.
     std::function<void(std::uint64_t id)> on_finished;
-    // The most bytes one session has held for its peer at once (queued and in
-    // flight): the figure --queue-limit bounds. For tests and metrics.
-    std::atomic<std::size_t> peak_queued_bytes{0};
     // Checks HELLO's access token; null: none needed.
     AccessControl* access = nullptr;
     // One per shard: where sessions with frames to write wait for the write pass.
@@ -43,20 +41,8 @@ struct SessionEnv {
     // Called on any thread.
     std::function<void(std::size_t shard, std::uint64_t id)> close_after_bug{};
 
-    // Counters for logs, tests and metrics (relaxed; none is on the per-delivery path).
-    // Heartbeat expiries not carried out because the peer's bytes were waiting
-    // in the socket: the peer was alive, the server behind.
-    std::atomic<std::uint64_t> expiries_averted{0};
-    // Handlers that threw: each is a bug, logged once and survived.
-    std::atomic<std::uint64_t> bugs{0};
-    // Connections that ended before their HELLO, and refused ones: summed up
-    // in one log line per second rather than logged one by one.
-    std::atomic<std::uint64_t> ended_before_hello{0};
-    std::atomic<std::uint64_t> refused{0};
+    // What the sessions count, for logs, tests and metrics.
+    SessionCounters counters{};
 };
-
-// Largest payload a connection may send before its HELLO: a HELLO is a nick
-// and two tokens, so a stranger cannot make the server buffer a whole max_frame.
-inline constexpr std::uint32_t max_frame_before_hello = 4096;
 
 }  // namespace chat
