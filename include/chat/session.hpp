@@ -4,6 +4,9 @@
 // coroutines run on the session's own io_context (its shard) and share one
 // idempotent stop(). The watchdog owns every deadline: the handshake, the
 // heartbeat expiry, the write timeout and the drain of a closing session.
+// Every stream is written by the shard's flush pass: plain sockets with one
+// sendmsg gather, TLS with the batch copied into a pooled staging buffer and
+// written as full-size records (see TlsStaging).
 #pragma once
 
 #include <atomic>
@@ -23,6 +26,7 @@
 #include <sys/uio.h>
 
 #include <cerrno>
+#include <cstring>
 
 #include <asio.hpp>
 #include <asio/experimental/as_tuple.hpp>
@@ -75,6 +79,54 @@ struct SessionEnv {
     // in one log line per second rather than logged one by one.
     std::atomic<std::uint64_t> ended_before_hello{0};
     std::atomic<std::uint64_t> refused{0};
+};
+
+// Where a TLS session's batch is copied before it is encrypted, so that
+// OpenSSL makes full-size records of it: asio::ssl hands SSL_write one buffer
+// at a time (at most 8 KiB of a gather's small buffers linearised), so a
+// gather of small frames would make small records and a socket write each.
+// The buffers are pooled per thread and held only while a write is in flight:
+// an idle session holds none.
+class TlsStaging {
+public:
+    // One async_write: four full TLS records (16 KiB of plaintext each). A
+    // larger batch is written in several, one after the other.
+    static constexpr std::size_t capacity = 4 * 16 * 1024;
+
+    struct Buffer {
+        std::unique_ptr<char[]> data{new char[capacity]};  // not zeroed: only what is staged is touched
+        std::size_t size = 0;
+    };
+    using Handle = std::unique_ptr<Buffer>;
+
+    static Handle take() {
+        auto& free = pool();
+        if (free.empty()) return std::make_unique<Buffer>();
+        Handle b = std::move(free.back());
+        free.pop_back();
+        b->size = 0;
+        return b;
+    }
+
+    // Kept for the next write, up to a bound (what a burst of many sessions
+    // with writes in flight at once needed beyond it goes back to malloc).
+    static void give_back(Handle b) noexcept {
+        auto& free = pool();
+        if (free.size() < max_pooled) {
+            try {
+                free.push_back(std::move(b));
+            } catch (...) {
+            }
+        }
+    }
+
+private:
+    static constexpr std::size_t max_pooled = 64;
+
+    static std::vector<Handle>& pool() {
+        static thread_local std::vector<Handle> free;
+        return free;
+    }
 };
 
 // Largest payload a connection may send before its HELLO: a HELLO is a nick
@@ -220,6 +272,10 @@ private:
     // Linux's IOV_MAX: frames per sendmsg (asio's own gather stops at 64).
     static constexpr std::size_t max_iov = 1024;
 
+    // Streams read the usual way (TLS): the bounds of the read size.
+    static constexpr std::size_t min_read_size = 4 * 1024;
+    static constexpr std::size_t max_read_size = 16 * 1024;
+
     static std::span<std::uint8_t> read_scratch() {
         static thread_local std::vector<std::uint8_t> scratch(64 * 1024);
         return scratch;
@@ -272,11 +328,26 @@ private:
                     if (!ec) decoder_.feed(scratch.first(n));
                 }
             } else {
-                auto space = decoder_.prepare(16 * 1024);
+                // The read buffer stays with the session while it waits, so it
+                // is sized to the traffic: 4 KiB (the decoder's least) while
+                // reads are small, doubling up to 16 KiB (a record) while they
+                // fill it. At a fixed 16 KiB, zeroed as the decoder's array
+                // grew to 16-32 KiB, it was a fifth of an idle TLS session.
+                if (read_size_ < min_read_size) read_size_ = min_read_size;  // the first read
+                auto space = decoder_.prepare(read_size_);
                 auto [read_ec, n] = co_await stream_.async_read_some(asio::buffer(space.data(), space.size()),
                                                                      as_tuple(asio::use_awaitable));
                 ec = read_ec;
-                if (!ec) decoder_.commit(n);
+                if (!ec) {
+                    decoder_.commit(n);
+                    if (n == read_size_ && read_size_ < max_read_size) {
+                        read_size_ *= 2;
+                    } else if (n < min_read_size && read_size_ > min_read_size) {
+                        // Back to small reads: the big array goes once nothing is half-read.
+                        read_size_ = min_read_size;
+                        shrink_read_buffer_ = true;
+                    }
+                }
                 if (is_tls_truncation(ec)) ec = asio::error::eof;  // closed without close_notify
             }
             if (ec == asio::error::eof) peer_eof_ = true;
@@ -331,6 +402,11 @@ private:
             if constexpr (waits_for_readiness) {
                 // Nothing half-read: give the buffer back (an idle session keeps none).
                 if (decoder_.buffered() == 0 && !closing_) decoder_ = Decoder(max_frame());
+            } else {
+                if (shrink_read_buffer_ && decoder_.buffered() == 0 && !closing_) {
+                    decoder_ = Decoder(max_frame());
+                    shrink_read_buffer_ = false;
+                }
             }
             if (shard_ != 0 && !closing_ && !stopped_ && env_.hub_gates[shard_]->full()) {
                 // The hub is behind this shard's requests: read no more until
@@ -351,9 +427,9 @@ private:
         return false;
     }
 
-    // Started when a write has to wait (socket buffer full), when the stream
-    // has buffers of its own (TLS), or to close; ends when the queues are empty
-    // (or, closing, after the close). Plain sockets are otherwise written by
+    // Started when a plain socket's write has to wait (socket buffer full), or
+    // to close (TLS: the close_notify exchange); ends when the queues are empty
+    // (or, closing, after the close). Otherwise every stream is written by
     // flush(), without a coroutine.
     asio::awaitable<void> writer() {
         using asio::experimental::as_tuple;
@@ -402,12 +478,16 @@ private:
                     ec = wait_ec;
                 }
             } else {
-                auto& buffers = buffers_;
-                buffers.clear();
-                for (const auto& f : in_flight_) buffers.emplace_back(f->data(), f->size());
+                // Not reached in practice (the flush pass writes TLS batches and
+                // starts the writer only to close), but the same staged write.
                 plan_write_deadline();
-                auto [write_ec, n] = co_await asio::async_write(stream_, buffers, as_tuple(asio::use_awaitable));
-                ec = write_ec;
+                while (!ec && sent_index_ < in_flight_.size()) {
+                    auto staging = stage_chunk();
+                    auto [write_ec, n] = co_await asio::async_write(
+                        stream_, asio::buffer(staging->data.get(), staging->size), as_tuple(asio::use_awaitable));
+                    TlsStaging::give_back(std::move(staging));
+                    ec = write_ec;
+                }
             }
             if (ec) {
                 if (!stopped_) stop(PresenceEvent::disconnected, "write failed: " + ec.message());
@@ -418,11 +498,21 @@ private:
         writer_running_ = false;
     }
 
-    // Flushable: the shard's write pass. Plain sockets only (see wake_writer).
+    // Flushable: the shard's write pass, for every stream type.
     void flush() override {
         flush_pending_ = false;
         if (stopped_ || writer_running_) return;
-        if constexpr (waits_for_readiness) {
+        if constexpr (!waits_for_readiness) {
+            // TLS: everything queued (control frames first) becomes one write
+            // of full-size records; what is queued while it is in flight goes
+            // in the next one (write_staged_done).
+            if (in_flight_.empty() && !take_batch()) {
+                if (closing_) start_writer();  // nothing left to send: the writer sends close_notify
+                return;
+            }
+            plan_write_deadline();
+            write_staged();
+        } else {
             if (in_flight_.empty() && !take_batch()) {
                 if (closing_) start_writer();  // nothing left to send: the writer closes
                 return;
@@ -441,6 +531,67 @@ private:
                 stop(PresenceEvent::disconnected, "write failed: " + ec.message());
                 return;
             }
+        }
+    }
+
+    // Copies the batch from the cursor (sent_index_, sent_offset_) on into a
+    // staging buffer, as far as it holds, and moves the cursor past it.
+    TlsStaging::Handle stage_chunk() {
+        auto staging = TlsStaging::take();
+        char* out = staging->data.get();
+        std::size_t room = TlsStaging::capacity;
+        while (room > 0 && sent_index_ < in_flight_.size()) {
+            const std::string& f = *in_flight_[sent_index_];
+            const std::size_t n = std::min(room, f.size() - sent_offset_);
+            std::memcpy(out, f.data() + sent_offset_, n);
+            out += n;
+            room -= n;
+            sent_offset_ += n;
+            if (sent_offset_ == f.size()) {
+                ++sent_index_;
+                sent_offset_ = 0;
+            }
+        }
+        staging->size = TlsStaging::capacity - room;
+        return staging;
+    }
+
+    // One async_write of the next chunk of the batch; its completion starts
+    // the next chunk, or ends the batch. writer_running_ stands for the write
+    // in flight, so wake_writer() leaves the session off the flush list
+    // meanwhile.
+    void write_staged() {
+        auto staging = stage_chunk();
+        const asio::const_buffer buffer(staging->data.get(), staging->size);
+        writer_running_ = true;
+        ++tasks_;
+        asio::async_write(stream_, buffer,
+                          [self = this->shared_from_this(), staging = std::move(staging)](
+                              const asio::error_code& ec, std::size_t) mutable {
+                              TlsStaging::give_back(std::move(staging));
+                              self->write_staged_done(ec);
+                              self->task_done();
+                          });
+    }
+
+    void write_staged_done(const asio::error_code& ec) noexcept {
+        writer_running_ = false;
+        try {
+            if (stopped_) return;
+            if (ec) {
+                stop(PresenceEvent::disconnected, "write failed: " + ec.message());
+                return;
+            }
+            if (sent_index_ < in_flight_.size()) {
+                write_staged();
+                return;
+            }
+            finish_batch();
+            // Queued meanwhile, or closing: the next pass writes it (or closes).
+            if (closing_ || !queue_.empty() || !control_.empty()) wake_writer();
+        } catch (const std::exception& e) {
+            env_.log->error("session {} {}: bug: {}", id_, peer_, e.what());
+            stop(PresenceEvent::disconnected, "internal error");
         }
     }
 
@@ -503,7 +654,6 @@ private:
         release(queue_);
         release(control_);
         release(iov_);
-        if constexpr (is_tls_stream<Stream>) release(buffers_);
         return released;
     }
 
@@ -935,17 +1085,11 @@ private:
 
     void wake_writer() {
         if (writer_running_ || flush_pending_ || stopped_ || !transport_ready_) return;
-        if constexpr (waits_for_readiness) {
-            // Not written here: everything queued until the shard's write pass
-            // (a whole read's worth of fan-out) goes out in one write.
-            flush_pending_ = true;
-            env_.flush_lists[shard_]->add(this->shared_from_this());
-        } else {
-            writer_running_ = true;
-            ++tasks_;
-            asio::post(stream_.get_executor(),
-                       [self = this->shared_from_this()] { self->spawn_counted(self->writer()); });
-        }
+        // Not written here: everything queued until the shard's write pass
+        // (a whole read's worth of fan-out) goes out in one write. A write in
+        // flight (writer_running_) takes the session back when it is done.
+        flush_pending_ = true;
+        env_.flush_lists[shard_]->add(this->shared_from_this());
     }
 
     // A dead or stalled peer gets this long to take a last ERROR.
@@ -1008,6 +1152,10 @@ private:
     std::string nick_;
 
     Decoder decoder_;
+    // TLS: the next read's size, and whether the decoder's array is to be
+    // made small again (reads went back from large to small).
+    [[no_unique_address]] TlsOnly<std::size_t> read_size_{};
+    [[no_unique_address]] TlsOnly<bool> shrink_read_buffer_{};
     RateLimiter limiter_;
     unsigned rate_strikes_ = 0;
 
@@ -1015,11 +1163,12 @@ private:
     bool writer_running_ = false;
     bool flush_pending_ = false;  // on the shard's flush list
     bool transport_ready_ = false;  // TLS: after the handshake
-    // The writer's batch and its buffer lists, kept so their capacity is reused.
+    // The writer's batch and its buffer list, kept so their capacity is reused.
     std::vector<SharedFrame> in_flight_;
-    std::size_t sent_index_ = 0;   // in_flight_[sent_index_] is the first frame not fully sent
-    std::size_t sent_offset_ = 0;  // bytes of it already sent
-    [[no_unique_address]] TlsOnly<std::vector<asio::const_buffer>> buffers_;
+    // in_flight_[sent_index_] is the first frame not fully sent (TLS: not
+    // fully staged), sent_offset_ bytes of it already are.
+    std::size_t sent_index_ = 0;
+    std::size_t sent_offset_ = 0;
     std::vector<iovec> iov_;
 
     std::vector<SharedFrame> control_;
