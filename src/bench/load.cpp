@@ -63,7 +63,6 @@ std::string validate(const BenchConfig& c) {
     if (c.threads < 1 || c.threads > 64) return "--threads must be between 1 and 64";
     if (c.connect_concurrency < 1) return "--connect-concurrency must be at least 1";
     if (c.duration.count() <= 0 && c.count == 0) return "--duration must be positive (or give --count)";
-    if (c.tls && c.proto != Proto::chat) return "--tls is for --proto chat only";
     if (!c.tls && (c.tls_insecure || !c.tls_ca.empty())) return "--ca and --insecure go with --tls";
 #if !PULSECHAT_HAVE_OPENSSL
     if (c.tls) return "--tls: this chat_bench was built without TLS (meson option tls)";
@@ -186,6 +185,8 @@ private:
     tcp::socket socket_;
 #if PULSECHAT_HAVE_OPENSSL
     std::unique_ptr<asio::ssl::stream<tcp::socket&>> tls_;  // over socket_, with --tls
+    std::string nats_info_;  // NATS over TLS: the INFO line said in the clear before the handshake
+    bool nats_info_seen_ = false;
 #endif
     Decoder decoder_;
     ByteBuffer text_in_;
@@ -597,6 +598,23 @@ void Link::on_connect(const asio::error_code& ec) {
     socket_.non_blocking(true, ignored);  // on_read's extra reads must not block
 #if PULSECHAT_HAVE_OPENSSL
     Shared& shared = worker_.shared();
+    if (shared.tls && shared.cfg.proto == Proto::nats && !nats_info_seen_) {
+        // NATS (before 2.10's handshake_first) says INFO in the clear and
+        // then expects the client to start TLS: read that one line first.
+        // The server sends nothing else until the handshake, so nothing is
+        // read past it.
+        asio::async_read_until(socket_, asio::dynamic_buffer(nats_info_), "\r\n",
+                               [this](const asio::error_code& e, std::size_t) {
+                                   if (e) {
+                                       fail("reading NATS INFO before TLS failed: " + e.message());
+                                       return;
+                                   }
+                                   nats_info_seen_ = true;
+                                   std::string().swap(nats_info_);
+                                   on_connect({});
+                               });
+        return;
+    }
     if (shared.tls) {
         tls_ = std::make_unique<asio::ssl::stream<tcp::socket&>>(socket_, *shared.tls);
         prepare_client_stream(*tls_, shared.cfg.host, !shared.cfg.tls_insecure);
@@ -642,8 +660,16 @@ void Link::begin() {
 void Link::start_read() {
 #if PULSECHAT_HAVE_OPENSSL
     if (tls_) {
-        auto space = decoder_.prepare(read_chunk_);
-        tls_->async_read_some(asio::buffer(space.data(), space.size()),
+        // Into the buffer on_read commits to: the chat decoder, or the text protocols' bytes.
+        asio::mutable_buffer space;
+        if (worker_.shared().cfg.proto == Proto::chat) {
+            auto span = decoder_.prepare(read_chunk_);
+            space = asio::buffer(span.data(), span.size());
+        } else {
+            auto span = text_in_.prepare(read_chunk_);
+            space = asio::buffer(span.data(), span.size());
+        }
+        tls_->async_read_some(space,
                               [this](const asio::error_code& ec, std::size_t n) { on_read(ec, n); });
         return;
     }

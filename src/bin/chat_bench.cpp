@@ -225,7 +225,9 @@ int main(int argc, char** argv) {
     app.add_flag("--idle", cfg.idle, "Publish nothing: hold the connections with heartbeats for --duration");
     app.add_option("--threads", cfg.threads, "io_context threads of chat_bench")->capture_default_str();
     app.add_option("--token", cfg.token, "Access token (chat HELLO, NATS auth_token, Redis AUTH)");
-    app.add_flag("--tls", cfg.tls, "chat: connect with TLS (to the server's --tls-port)");
+    app.add_flag("--tls", cfg.tls,
+                 "Connect with TLS: chat to the server's --tls-port, redis to --tls-port, nats to a server "
+                 "with a tls block (INFO in the clear, then the handshake)");
     app.add_option("--ca", cfg.tls_ca, "With --tls: trust this CA file (PEM) instead of the system's trust store")
         ->type_name("FILE");
     app.add_flag("--insecure", cfg.tls_insecure, "With --tls: do not check the server's certificate");

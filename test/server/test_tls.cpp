@@ -486,6 +486,103 @@ TEST_SUITE("transports (live)") {
         CHECK_FALSE(log.contains("TLS handshake not done"));
     }
 
+    TEST_CASE("many frames queued for a TLS member in one pass arrive complete and in order") {
+        Pki pki;
+        ServerConfig cfg = tls_config(pki);
+        cfg.max_frame = 256 * 1024;
+        cfg.queue_limit = 64 * 1024 * 1024;
+        TestServer server(cfg);
+        const auto tls_port = server.server().tls_endpoint()->port();
+        asio::error_code ec;
+        auto alice = tls_client(tls_port, TlsClientOptions{pki.ca.cert_file, {}, {}, false}, ec);
+        REQUIRE_MESSAGE(!ec, ec.message());
+        REQUIRE(alice->login("alice"));
+        REQUIRE(alice->join("lobby"));
+        TestClient bob(server.port());
+        REQUIRE(bob.login("bob"));
+        REQUIRE(bob.join("lobby"));
+
+        // One write of 3,000 SAYs: the server reads them in a few reads, so
+        // each of alice's batches holds hundreds of DELIVERs, far more than one
+        // staging chunk (64 KiB). The sizes vary so that frames straddle TLS
+        // records and chunks, and every 1,000th is bigger than a whole chunk.
+        std::vector<std::string> texts;
+        std::string burst;
+        for (int i = 0; i < 3000; ++i) {
+            std::string text = fmt::format("m{:05}-", i);
+            text.append(i % 1000 == 999 ? 100'000 : static_cast<std::size_t>(i % 300), static_cast<char>('a' + i % 26));
+            burst += encode(Say{"lobby", text});
+            texts.push_back(std::move(text));
+        }
+        asio::write(bob.socket(), asio::buffer(burst));
+
+        std::size_t next = 0;
+        const auto deadline = Clock::now() + 4000ms;  // within alice's 6s heartbeat timeout
+        while (next < texts.size() && Clock::now() < deadline) {
+            auto d = alice->read_until<Deliver>(
+                std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
+            if (!d) break;
+            REQUIRE_MESSAGE(d->text == texts[next], "DELIVER ", next, " is not the SAY ", next);
+            ++next;
+        }
+        CHECK(next == texts.size());
+    }
+
+    TEST_CASE("a TLS member that stops reading is disconnected by the write timeout") {
+        Pki pki;
+        ServerConfig cfg = tls_config(pki);
+        cfg.write_timeout = 300ms;
+        cfg.max_frame = 64 * 1024;
+        cfg.queue_limit = 64 * 1024 * 1024;  // the queue bound is not what fires
+        TestServer server(cfg);
+        const auto tls_port = server.server().tls_endpoint()->port();
+
+        // The sleeper: a small receive buffer; logs in, joins, and reads no more.
+        auto context = make_client_context(TlsClientOptions{pki.ca.cert_file, {}, {}, false});
+        TlsClient sleeper(*context);
+        auto& socket = sleeper.stream().lowest_layer();
+        socket.open(asio::ip::tcp::v4());
+        socket.set_option(asio::socket_base::receive_buffer_size(4096));
+        socket.connect(asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), tls_port));
+        prepare_client_stream(sleeper.stream(), "127.0.0.1", true);
+        REQUIRE(!sleeper.handshake());
+        REQUIRE(sleeper.login("sleeper"));
+        REQUIRE(sleeper.join("room"));
+        TestClient alice(server.port());
+        REQUIRE(alice.login("alice"));
+        REQUIRE(alice.join("room"));
+
+        // Alice floods the room and reads her own copies; the sleeper's TLS
+        // writes fill the kernel's buffers, then one waits past 300ms. The
+        // flood is bounded (a few times the kernel's buffers), and the
+        // disconnect must come well within the sleeper's 6s heartbeat timeout.
+        const std::string big(32 * 1024, 'w');
+        std::optional<Presence> gone;
+        const auto start = Clock::now();
+        while (!gone && Clock::now() - start < 4000ms) {
+            alice.send(Say{"room", big});
+            for (;;) {
+                auto m = alice.read(2000ms);
+                REQUIRE(m);
+                if (auto* p = std::get_if<Presence>(&*m); p && p->nick == "sleeper") {
+                    if (p->event == PresenceEvent::disconnected) gone = *p;
+                }
+                if (std::holds_alternative<Deliver>(*m) || gone) break;
+            }
+        }
+        if (!gone) {
+            for (auto m = alice.read(2000ms); m && !gone; m = alice.read(2000ms))
+                if (auto* p = std::get_if<Presence>(&*m); p && p->nick == "sleeper") gone = *p;
+        }
+        REQUIRE(gone);
+        CHECK(gone->event == PresenceEvent::disconnected);
+        CHECK(gone->detail.find("slow consumer") != std::string::npos);
+        CHECK(Clock::now() - start < 4000ms);
+        // The sleeper's connection is closed (it gets what the kernel held).
+        sleeper.read_until_closed(5000ms);
+        CHECK(sleeper.closed());
+    }
+
     TEST_CASE("with --tls-client-ca a certificate from that CA gets in; one from another CA, or none, does not") {
         Pki pki;
         LogCapture log;

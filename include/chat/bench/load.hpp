@@ -43,7 +43,7 @@ struct BenchConfig {
     bool idle = false;  // connect, join, then only keep heartbeats for --duration
     unsigned threads = 1;
     std::string token;
-    // chat only: TLS to the server's --tls-port; the certificate is checked
+    // TLS (chat, redis, nats): to the server's TLS port; the certificate is checked
     // against tls_ca (the system's trust store when empty) unless tls_insecure.
     bool tls = false;
     std::string tls_ca;

@@ -31,6 +31,7 @@
 #include <sys/uio.h>
 
 #include <cerrno>
+#include <cstring>
 
 #include <asio.hpp>
 #include <asio/experimental/as_tuple.hpp>
@@ -46,6 +47,7 @@
 #include "chat/server/session_base.hpp"
 #include "chat/server/session_core.hpp"
 #include "chat/server/session_env.hpp"
+#include "chat/server/tls_staging.hpp"
 
 namespace chat {
 
@@ -243,6 +245,10 @@ private:
     static constexpr bool waits_for_readiness =
         std::is_same_v<Stream, asio::ip::tcp::socket> || std::is_same_v<Stream, asio::local::stream_protocol::socket>;
 
+    // Streams read the usual way (TLS): the bounds of the read size.
+    static constexpr std::size_t min_read_size = 4 * 1024;
+    static constexpr std::size_t max_read_size = 16 * 1024;
+
     static std::span<std::uint8_t> read_scratch() {
         static thread_local std::vector<std::uint8_t> scratch(64 * 1024);
         return scratch;
@@ -296,11 +302,26 @@ private:
                     if (!ec) decoder_.feed(scratch.first(n));
                 }
             } else {
-                auto space = decoder_.prepare(16 * 1024);
+                // The read buffer stays with the session while it waits, so it
+                // is sized to the traffic: 4 KiB (the decoder's least) while
+                // reads are small, doubling up to 16 KiB (a record) while they
+                // fill it. At a fixed 16 KiB, zeroed as the decoder's array
+                // grew to 16-32 KiB, it was a fifth of an idle TLS session.
+                if (read_size_ < min_read_size) read_size_ = min_read_size;  // the first read
+                auto space = decoder_.prepare(read_size_);
                 auto [read_ec, n] = co_await stream_.async_read_some(asio::buffer(space.data(), space.size()),
                                                                      as_tuple(asio::use_awaitable));
                 ec = read_ec;
-                if (!ec) decoder_.commit(n);
+                if (!ec) {
+                    decoder_.commit(n);
+                    if (n == read_size_ && read_size_ < max_read_size) {
+                        read_size_ *= 2;
+                    } else if (n < min_read_size && read_size_ > min_read_size) {
+                        // Back to small reads: the big array goes once nothing is half-read.
+                        read_size_ = min_read_size;
+                        shrink_read_buffer_ = true;
+                    }
+                }
                 if (is_tls_truncation(ec)) ec = asio::error::eof;  // closed without close_notify
             }
             if (ec == asio::error::eof) {
@@ -342,6 +363,11 @@ private:
             if constexpr (waits_for_readiness) {
                 // Nothing half-read: give the buffer back (an idle session keeps none).
                 if (decoder_.buffered() == 0 && !core_.closing()) decoder_ = Decoder(core_.max_frame());
+            } else {
+                if (shrink_read_buffer_ && decoder_.buffered() == 0 && !core_.closing()) {
+                    decoder_ = Decoder(core_.max_frame());
+                    shrink_read_buffer_ = false;
+                }
             }
             if (shard_ != 0 && !core_.closing() && !core_.closed() && env_.hub_gates[shard_]->full()) {
                 // The hub is behind this shard's requests: read no more until
@@ -372,9 +398,9 @@ private:
         return true;
     }
 
-    // Started when a write has to wait (socket buffer full), when the stream
-    // has buffers of its own (TLS), or to close; ends when the queues are empty
-    // (or, closing, after the close). Plain sockets are otherwise written by
+    // Started when a plain socket's write has to wait (socket buffer full), or
+    // to close (TLS: the close_notify exchange); ends when the queues are empty
+    // (or, closing, after the close). Otherwise every stream is written by
     // flush(), without a coroutine.
     asio::awaitable<void> writer() {
         using asio::experimental::as_tuple;
@@ -420,13 +446,17 @@ private:
                     ec = wait_ec;
                 }
             } else {
-                auto& buffers = buffers_;
-                buffers.clear();
-                for (const auto& f : core_.batch()) buffers.emplace_back(f->data(), f->size());
+                // Not reached in practice (the flush pass writes TLS batches and
+                // starts the writer only to close), but the same staged write.
                 core_.write_waiting();
                 apply();
-                auto [write_ec, n] = co_await asio::async_write(stream_, buffers, as_tuple(asio::use_awaitable));
-                ec = write_ec;
+                while (!ec && sent_index_ < core_.batch().size()) {
+                    auto staging = stage_chunk();
+                    auto [write_ec, n] = co_await asio::async_write(
+                        stream_, asio::buffer(staging->data.get(), staging->size), as_tuple(asio::use_awaitable));
+                    TlsStaging::give_back(std::move(staging));
+                    ec = write_ec;
+                }
             }
             if (ec) {
                 core_.on_write_failed("write failed: " + ec.message());
@@ -439,16 +469,23 @@ private:
         writer_running_ = false;
     }
 
-    // Flushable: the shard's write pass. Plain sockets only (see wake_writer).
+    // Flushable: the shard's write pass, for every stream type.
     void flush() override {
         flush_pending_ = false;
         if (core_.closed() || writer_running_) return;
-        if constexpr (waits_for_readiness) {
-            const auto now = Clock::now();
-            if (core_.batch().empty() && !take_batch(now)) {
-                if (core_.wants_half_close()) start_writer();  // nothing left to send: the writer closes
-                return;
-            }
+        const auto now = Clock::now();
+        if (core_.batch().empty() && !take_batch(now)) {
+            if (core_.wants_half_close()) start_writer();  // nothing left to send: the writer closes
+            return;
+        }
+        if constexpr (!waits_for_readiness) {
+            // TLS: everything queued (control frames first) becomes one write
+            // of full-size records; what is queued while it is in flight goes
+            // in the next one (write_staged_done).
+            core_.write_waiting();
+            write_staged();
+            apply();
+        } else {
             asio::error_code ec;
             switch (write_now(ec)) {
             case WriteResult::done:
@@ -467,12 +504,76 @@ private:
         }
     }
 
+    // TLS: copies the batch from the cursor (sent_index_, sent_offset_) on
+    // into a staging buffer, as far as it holds, and moves the cursor past it.
+    TlsStaging::Handle stage_chunk() {
+        const auto& batch = core_.batch();
+        auto staging = TlsStaging::take();
+        char* out = staging->data.get();
+        std::size_t room = TlsStaging::capacity;
+        while (room > 0 && sent_index_ < batch.size()) {
+            const std::string& f = *batch[sent_index_];
+            const std::size_t n = std::min(room, f.size() - sent_offset_);
+            std::memcpy(out, f.data() + sent_offset_, n);
+            out += n;
+            room -= n;
+            sent_offset_ += n;
+            if (sent_offset_ == f.size()) {
+                ++sent_index_;
+                sent_offset_ = 0;
+            }
+        }
+        staging->size = TlsStaging::capacity - room;
+        return staging;
+    }
+
+    // TLS: one async_write of the next chunk of the batch; its completion
+    // starts the next chunk, or ends the batch. writer_running_ stands for the
+    // write in flight, so wake_writer() leaves the session off the flush list
+    // meanwhile.
+    void write_staged() {
+        auto staging = stage_chunk();
+        const asio::const_buffer buffer(staging->data.get(), staging->size);
+        writer_running_ = true;
+        ++tasks_;
+        asio::async_write(stream_, buffer,
+                          [self = this->shared_from_this(), staging = std::move(staging)](
+                              const asio::error_code& ec, std::size_t) mutable {
+                              TlsStaging::give_back(std::move(staging));
+                              self->write_staged_done(ec);
+                              self->task_done();
+                          });
+    }
+
+    void write_staged_done(const asio::error_code& ec) noexcept {
+        writer_running_ = false;
+        try {
+            if (core_.closed()) return;
+            if (ec) {
+                core_.on_write_failed("write failed: " + ec.message());
+                apply();
+                return;
+            }
+            if (sent_index_ < core_.batch().size()) {
+                write_staged();
+                return;
+            }
+            core_.batch_written(Clock::now());
+            apply();
+            // Queued meanwhile, or closing: the next pass writes it (or closes).
+            if (core_.has_queued() || core_.wants_half_close()) wake_writer();
+        } catch (const std::exception& e) {
+            env_.log->error("session {} {}: bug: {}", id_, peer_, e.what());
+            core_.abort("internal error");
+            apply();
+        }
+    }
+
     // The transport's own arrays after a backlog (the core gave back its
     // queues'); `trim`: a large backlog, so free heap pages go back too.
     // Called between writes only: nothing in flight points into them.
     void release_buffers(bool trim) {
         std::vector<iovec>().swap(iov_);
-        if constexpr (is_tls_stream<Stream>) std::vector<asio::const_buffer>().swap(buffers_);
         if (trim) return_free_memory();
     }
 
@@ -538,17 +639,11 @@ private:
 
     void wake_writer() {
         if (writer_running_ || flush_pending_ || core_.closed() || !transport_ready_) return;
-        if constexpr (waits_for_readiness) {
-            // Not written here: everything queued until the shard's write pass
-            // (a whole read's worth of fan-out) goes out in one write.
-            flush_pending_ = true;
-            env_.flush_lists[shard_]->add(this->shared_from_this());
-        } else {
-            writer_running_ = true;
-            ++tasks_;
-            asio::post(stream_.get_executor(),
-                       [self = this->shared_from_this()] { self->spawn_counted(self->writer()); });
-        }
+        // Not written here: everything queued until the shard's write pass
+        // (a whole read's worth of fan-out) goes out in one write. A write in
+        // flight (writer_running_) takes the session back when it is done.
+        flush_pending_ = true;
+        env_.flush_lists[shard_]->add(this->shared_from_this());
     }
 
     void start_writer() {
@@ -616,9 +711,12 @@ private:
     // not fully sent, sent_offset_ bytes of it already are.
     std::size_t sent_index_ = 0;
     std::size_t sent_offset_ = 0;
-    // The write's buffer lists, kept so their capacity is reused.
-    [[no_unique_address]] TlsOnly<std::vector<asio::const_buffer>> buffers_;
+    // sendmsg's buffer list, kept so its capacity is reused.
     std::vector<iovec> iov_;
+    // TLS: the next read's size, and whether the decoder's array is to be
+    // made small again (reads went back from large to small).
+    [[no_unique_address]] TlsOnly<std::size_t> read_size_{};
+    [[no_unique_address]] TlsOnly<bool> shrink_read_buffer_{};
 };
 
 }  // namespace chat

@@ -170,6 +170,8 @@ public:
     bool closing() const noexcept { return state_ == SessionState::draining || state_ == SessionState::lingering; }
     bool closed() const noexcept { return state_ == SessionState::closed; }
     bool writing() const noexcept { return writing_; }
+    // Frames wait for the next write (beyond the batch in flight).
+    bool has_queued() const noexcept { return !control_.empty() || !queue_.empty(); }
     // When on_timer() is due next. Connecting: the handshake deadline.
     Clock::time_point next_wakeup() const noexcept;
     // The decoder's bound: a few KiB until HELLO, then --max-frame.
