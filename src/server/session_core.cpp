@@ -49,7 +49,7 @@ std::string SessionCore::who() const {
 // --- the transport's events ---
 
 void SessionCore::start(Clock::time_point now, std::optional<std::pair<ErrorCode, std::string>> rejection) {
-    rx_deadline_ = now + config_.handshake_timeout;
+    handshake_deadline_ = rx_deadline_ = now + config_.handshake_timeout;
     last_tx_ = now;
     if (rejection) close_with_error(rejection->first, rejection->second, now);
 }

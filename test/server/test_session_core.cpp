@@ -129,7 +129,8 @@ TEST_SUITE("session_core") {
         CHECK(f.core->state() == SessionState::connecting);
         CHECK(to_string(SessionState::lingering) == "lingering");
         f.core->start(t0, std::nullopt);
-        CHECK(f.core->next_wakeup() == t0 + 1000ms);  // the handshake deadline bounds TLS too
+        CHECK(f.core->next_wakeup() == t0 + 1000ms);
+        CHECK(f.core->handshake_deadline() == t0 + 1000ms);  // what bounds a TLS handshake
         f.core->transport_ready();
         CHECK(f.core->state() == SessionState::greeting);
         CHECK((f.core->take_actions() & SessionCore::act_replan) != 0);
@@ -496,6 +497,7 @@ TEST_SUITE("session_core") {
         Fixture f;
         f.core->start(t0, std::pair{ErrorCode::server_full, std::string("server full")});
         CHECK(f.core->state() == SessionState::draining);
+        CHECK(f.core->handshake_deadline() == t0 + 1000ms);  // a TLS handshake is still bounded by it
         f.core->transport_ready();
         CHECK(f.core->state() == SessionState::draining);
         const auto e = error_in(f.written(t0));

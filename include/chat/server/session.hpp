@@ -261,7 +261,7 @@ private:
             using asio::experimental::as_tuple;
             // The watchdog does not run yet, so its timer bounds the
             // handshake: at the deadline the socket is closed, which ends it.
-            watchdog_.expires_at(core_.next_wakeup());
+            watchdog_.expires_at(core_.handshake_deadline());
             watchdog_.async_wait([self = this->shared_from_this()](const asio::error_code& ec) {
                 if (ec || self->handshake_done_) return;
                 self->handshake_timed_out_ = true;

@@ -174,6 +174,8 @@ public:
     bool has_queued() const noexcept { return !control_.empty() || !queue_.empty(); }
     // When on_timer() is due next. Connecting: the handshake deadline.
     Clock::time_point next_wakeup() const noexcept;
+    // What bounds the transport's own handshake (TLS): --handshake-timeout from start().
+    Clock::time_point handshake_deadline() const noexcept { return handshake_deadline_; }
     // The decoder's bound: a few KiB until HELLO, then --max-frame.
     std::uint32_t max_frame() const noexcept { return hello_seen_ ? config_.max_frame : max_frame_before_hello; }
     bool hello_seen() const noexcept { return hello_seen_; }
@@ -240,6 +242,7 @@ private:
     std::size_t queued_bytes_ = 0;     // waiting in control_ and queue_
     std::size_t in_flight_bytes_ = 0;  // handed to the write in progress
 
+    Clock::time_point handshake_deadline_{};
     Clock::time_point rx_deadline_{};     // handshake, then heartbeat expiry
     Clock::time_point last_tx_{};         // the next PING is due an interval after it
     Clock::time_point write_started_{};   // bounds the batch in flight (--write-timeout)
