@@ -4,25 +4,17 @@
 #include <string>
 
 #include "chat/client/client_state.hpp"
+#include "utils/frames.hpp"
 
 using namespace chat;
+using chat::test::deliver;
+using chat::test::joined;
 using namespace std::chrono_literals;
 
 namespace {
 
 using Clock = ClientState::Clock;
 const Clock::time_point t0{};
-
-Deliver deliver(std::string room, std::string sender, std::string text, Position at, bool history = false) {
-    Deliver d;
-    d.room = std::move(room);
-    d.sender = std::move(sender);
-    d.text = std::move(text);
-    d.position = at;
-    d.timestamp_ms = 5000;
-    d.history = history;
-    return d;
-}
 
 Welcome welcome(std::string nick = "alice") {
     Welcome w;
@@ -33,16 +25,6 @@ Welcome welcome(std::string nick = "alice") {
     w.nick = std::move(nick);
     w.resume_token = "token";
     return w;
-}
-
-Joined joined(std::string room, std::uint64_t epoch, std::uint64_t head, std::uint32_t history = 0) {
-    Joined j;
-    j.room = std::move(room);
-    j.epoch = epoch;
-    j.head_seq = head;
-    j.history_count = history;
-    j.members = {"alice"};
-    return j;
 }
 
 // Connects `state` and answers its join of `room`.

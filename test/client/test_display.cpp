@@ -8,8 +8,11 @@
 
 #include "chat/client/display.hpp"
 #include "chat/proto/protocol.hpp"
+#include "utils/frames.hpp"
 
 using namespace chat;
+using chat::test::deliver;
+using chat::test::joined;
 using namespace std::chrono_literals;
 
 namespace {
@@ -22,27 +25,6 @@ struct UtcClock {
     }
 };
 const UtcClock utc;
-
-Deliver deliver(std::string room, std::string sender, std::string text, Position at, bool history = false) {
-    Deliver d;
-    d.room = std::move(room);
-    d.sender = std::move(sender);
-    d.text = std::move(text);
-    d.position = at;
-    d.timestamp_ms = 5000;
-    d.history = history;
-    return d;
-}
-
-Joined joined(std::string room, std::uint64_t epoch, std::uint64_t head, std::uint32_t history = 0) {
-    Joined j;
-    j.room = std::move(room);
-    j.epoch = epoch;
-    j.head_seq = head;
-    j.history_count = history;
-    j.members = {"alice"};
-    return j;
-}
 
 }  // namespace
 
