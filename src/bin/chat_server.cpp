@@ -95,6 +95,9 @@ int main(int argc, char** argv) {
     app.add_option("--tls-client-ca", cfg.tls_client_ca,
                    "Require a client certificate on the TLS port, issued by a CA in this PEM file")
         ->type_name("FILE");
+    chat::add_duration_option(app, "--tls-coalesce", cfg.tls_coalesce,
+                              "TLS: a busy session's small write waits up to this long to share a record with "
+                              "the next frames (a session that was quiet writes at once); 0 turns it off");
     app.add_option("--unix", cfg.unix_path,
                    "Also listen on this Unix-domain socket; a stale socket file is replaced, the file is removed "
                    "on exit")

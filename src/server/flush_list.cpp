@@ -13,6 +13,32 @@ void FlushList::add(std::shared_ptr<Flushable> session) {
     asio::post(executor_, [this] { run(); });
 }
 
+void FlushList::add_at(std::shared_ptr<Flushable> session, std::chrono::steady_clock::time_point when) {
+    later_.emplace_back(when, std::move(session));
+    if (!timer_armed_) arm_timer();
+}
+
+void FlushList::arm_timer() {
+    timer_armed_ = true;
+    timer_.expires_at(later_.front().first);
+    timer_.async_wait([this](const asio::error_code& ec) {
+        timer_armed_ = false;
+        if (ec) return;  // the shard is going away
+        const auto now = std::chrono::steady_clock::now();
+        bool moved = false;
+        while (!later_.empty() && later_.front().first <= now) {
+            pending_.push_back(std::move(later_.front().second));
+            later_.pop_front();
+            moved = true;
+        }
+        if (moved && !posted_) {
+            posted_ = true;
+            run();
+        }
+        if (!later_.empty() && !timer_armed_) arm_timer();
+    });
+}
+
 void FlushList::run() {
     if (next_ == running_.size()) {
         // A new pass. Sessions that queue more while it runs (or that a flush

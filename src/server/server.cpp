@@ -417,7 +417,14 @@ void Server::start_session(asio::ip::tcp::socket socket, std::size_t shard, bool
         // The session keeps the context it started with: a reload does not
         // pull it from under an open connection.
         auto context = tls_->current();
-        launch(TlsStream(std::move(socket), *context), shard, peer, address, std::nullopt, context, "tls");
+        std::optional<TlsSocket> stream;
+        try {
+            stream.emplace(std::move(socket), *context);
+        } catch (const std::exception& e) {
+            log_->error("{}: cannot start TLS: {}; connection dropped", peer, e.what());
+            return;
+        }
+        launch(std::move(*stream), shard, peer, address, std::nullopt, context, "tls");
         return;
     }
 #else

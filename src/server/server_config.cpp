@@ -35,6 +35,8 @@ std::string validate(const ServerConfig& c) {
                "would be expired before its heartbeat arrives";
     if (c.handshake_timeout < milliseconds{50}) return "--handshake-timeout must be at least 50ms";
     if (c.write_timeout < milliseconds{50}) return "--write-timeout must be at least 50ms";
+    if (c.tls_coalesce < milliseconds{0} || c.tls_coalesce > milliseconds{100})
+        return "--tls-coalesce must be between 0 and 100ms (it adds to a busy TLS session's latency)";
     if (c.max_frame < 1024) return "--max-frame must be at least 1KiB";
     if (c.hub_backlog < 16) return "--hub-backlog must be at least 16";
     if (c.history > 0 && c.history_memory < c.max_frame + 1024)

@@ -7,7 +7,7 @@ namespace chat {
 template class Session<asio::ip::tcp::socket>;
 template class Session<asio::local::stream_protocol::socket>;
 #if PULSECHAT_HAVE_OPENSSL
-template class Session<TlsStream>;
+template class Session<TlsSocket>;
 #endif
 
 std::shared_ptr<SessionBase> make_session(asio::ip::tcp::socket stream, std::uint64_t id, std::size_t shard,
@@ -22,9 +22,9 @@ std::shared_ptr<SessionBase> make_session(asio::local::stream_protocol::socket s
 }
 
 #if PULSECHAT_HAVE_OPENSSL
-std::shared_ptr<SessionBase> make_session(TlsStream stream, std::uint64_t id, std::size_t shard, std::string peer,
+std::shared_ptr<SessionBase> make_session(TlsSocket stream, std::uint64_t id, std::size_t shard, std::string peer,
                                           SessionEnv& env) {
-    return std::make_shared<Session<TlsStream>>(std::move(stream), id, shard, std::move(peer), env);
+    return std::make_shared<Session<TlsSocket>>(std::move(stream), id, shard, std::move(peer), env);
 }
 #endif
 

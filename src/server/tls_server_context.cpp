@@ -15,8 +15,8 @@ std::shared_ptr<TlsContext> make_server_context(const TlsServerFiles& files) {
     restrict_versions(*ctx);
     SSL_CTX_set_options(ctx->native_handle(), SSL_OP_CIPHER_SERVER_PREFERENCE);
     // An idle connection gives OpenSSL's record buffers (about 34 KiB) back
-    // and gets them again for its next read or write. asio's engine sets it on
-    // every SSL it makes too; on the context it holds for any SSL made from it.
+    // and gets them again for its next read or write (TlsSocket makes its SSL
+    // from this context).
     SSL_CTX_set_mode(ctx->native_handle(), SSL_MODE_RELEASE_BUFFERS);
     use_certificate(*ctx, files.cert, files.key);
     if (!files.client_ca.empty()) {

@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -110,4 +111,23 @@ TEST_CASE("flush list: holds the session until it is flushed") {
     io.run();
     CHECK(log == std::vector<std::string>{"flush 7"});
     CHECK(watch.expired());
+}
+
+TEST_CASE("flush list: add_at flushes at the time given, in order, also with nothing else to do") {
+    using namespace std::chrono_literals;
+    asio::io_context io(1);
+    FlushList list(io.get_executor());
+    std::vector<std::string> log;
+    auto a = std::make_shared<Recorder>(1, log, list);
+    auto b = std::make_shared<Recorder>(2, log, list);
+    auto c = std::make_shared<Recorder>(3, log, list);
+    const auto start = std::chrono::steady_clock::now();
+    list.add_at(a, start + 30ms);
+    list.add_at(b, start + 60ms);
+    list.add(c);  // not deferred: the next pass
+    io.run();     // returns once the timer has nothing left to wait for
+    CHECK(log == std::vector<std::string>{"flush 3", "flush 1", "flush 2"});
+    CHECK(std::chrono::steady_clock::now() - start >= 60ms);
+    CHECK(a->flushes == 1);
+    CHECK(b->flushes == 1);
 }

@@ -47,6 +47,8 @@ TEST_SUITE("server_config") {
             {[](ServerConfig& c) { c.max_connections = 0; }, "--max-connections"},
             {[](ServerConfig& c) { c.max_rooms_per_session = 0; }, "--max-rooms-per-session"},
             {[](ServerConfig& c) { c.tcp_user_timeout = Duration{0}; }, "--tcp-user-timeout"},
+            {[](ServerConfig& c) { c.tls_coalesce = Duration{-1}; }, "--tls-coalesce"},
+            {[](ServerConfig& c) { c.tls_coalesce = Duration{101}; }, "--tls-coalesce"},
         };
         for (const auto& test : cases) {
             ServerConfig cfg;
@@ -64,6 +66,9 @@ TEST_SUITE("server_config") {
         shortest.heartbeat_interval = Duration{50};
         shortest.heartbeat_timeout = Duration{51};
         CHECK(validate(shortest).empty());
+        ServerConfig uncoalesced;
+        uncoalesced.tls_coalesce = Duration{0};
+        CHECK(validate(uncoalesced).empty());
     }
 
     TEST_CASE("the worst-case detection time is the heartbeat timeout") {

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <thread>
 
 #include <spdlog/sinks/base_sink.h>
 
@@ -526,6 +527,44 @@ TEST_SUITE("transports (live)") {
             ++next;
         }
         CHECK(next == texts.size());
+    }
+
+    TEST_CASE("--tls-coalesce: a quiet TLS member gets a frame at once; a busy one gets every frame, late by the delay at most") {
+        Pki pki;
+        ServerConfig cfg = tls_config(pki);
+        cfg.tls_coalesce = 400ms;  // long, so that a deferred write cannot pass for an immediate one
+        TestServer server(cfg);
+        const auto tls_port = server.server().tls_endpoint()->port();
+        asio::error_code ec;
+        auto alice = tls_client(tls_port, TlsClientOptions{pki.ca.cert_file, {}, {}, false}, ec);
+        REQUIRE_MESSAGE(!ec, ec.message());
+        REQUIRE(alice->login("alice"));
+        REQUIRE(alice->join("lobby"));
+        TestClient bob(server.port());
+        REQUIRE(bob.login("bob"));
+        REQUIRE(bob.join("lobby"));
+        // alice's last write (JOINED, bob's PRESENCE) is long enough ago: she is quiet.
+        REQUIRE(alice->read_until<Presence>(2000ms));
+        std::this_thread::sleep_for(450ms);  // not a synchronisation: lets the coalescing window pass
+
+        // Quiet: written at once, well within the delay.
+        auto sent = Clock::now();
+        bob.send(Say{"lobby", "first"});
+        auto d = alice->read_until<Deliver>(2000ms);
+        REQUIRE(d);
+        CHECK(d->text == "first");
+        CHECK(Clock::now() - sent < 300ms);
+
+        // Busy: written 0.4 s ago at most, so the next small writes wait, but
+        // nothing comes after them to flush them: the timer must.
+        for (int i = 0; i < 5; ++i) bob.send(Say{"lobby", "next " + std::to_string(i)});
+        sent = Clock::now();
+        for (int i = 0; i < 5; ++i) {
+            d = alice->read_until<Deliver>(2000ms);
+            REQUIRE(d);
+            CHECK(d->text == "next " + std::to_string(i));
+        }
+        CHECK(Clock::now() - sent < 1500ms);
     }
 
     TEST_CASE("a TLS member that stops reading is disconnected by the write timeout") {

@@ -14,10 +14,14 @@
 // halves the latency of a big room under load (docs/BENCHMARKS.md).
 #pragma once
 
+#include <chrono>
+#include <deque>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include <asio/any_io_executor.hpp>
+#include <asio/steady_timer.hpp>
 
 namespace chat {
 
@@ -39,12 +43,20 @@ public:
 
     // On the shard's thread only. The caller adds itself once until flushed.
     void add(std::shared_ptr<Flushable> session);
+    // The same, for the first pass at or after `when`, which is at most the
+    // shard's coalescing delay away: deferred sessions wait in arrival order
+    // for one timer.
+    void add_at(std::shared_ptr<Flushable> session, std::chrono::steady_clock::time_point when);
 
 
 private:
     void run();
+    void arm_timer();
 
     asio::any_io_executor executor_;
+    asio::steady_timer timer_{executor_};
+    std::deque<std::pair<std::chrono::steady_clock::time_point, std::shared_ptr<Flushable>>> later_;
+    bool timer_armed_ = false;
     std::vector<std::shared_ptr<Flushable>> pending_;
     std::vector<std::shared_ptr<Flushable>> running_;  // the pass under way
     std::size_t next_ = 0;                              // running_[next_] is written next

@@ -29,6 +29,9 @@ struct ServerConfig {
     Duration heartbeat_interval{5'000};
     Duration heartbeat_timeout{15'000};
     Duration write_timeout{10'000};
+    // TLS: how long a busy session's small write may wait to share a record
+    // with what comes next (Session::defer_tls_write); 0 writes at once.
+    Duration tls_coalesce{1};
     Duration drain_timeout{5'000};
 
     std::optional<TcpKeepalive> tcp_keepalive;

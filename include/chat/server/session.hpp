@@ -35,7 +35,6 @@
 
 #include <asio.hpp>
 #include <asio/experimental/as_tuple.hpp>
-#include <asio/experimental/awaitable_operators.hpp>
 #include <spdlog/spdlog.h>
 
 #include "chat/common/tls.hpp"
@@ -47,9 +46,20 @@
 #include "chat/server/session_base.hpp"
 #include "chat/server/session_core.hpp"
 #include "chat/server/session_env.hpp"
+#include "chat/server/tls_socket.hpp"
 #include "chat/server/tls_staging.hpp"
 
 namespace chat {
+
+// TLS sessions run over TlsSocket (OpenSSL on the socket's descriptor);
+// everything else is a plain stream socket.
+#if PULSECHAT_HAVE_OPENSSL
+template <class Stream>
+inline constexpr bool is_tls_socket = std::is_same_v<Stream, TlsSocket>;
+#else
+template <class Stream>
+inline constexpr bool is_tls_socket = false;
+#endif
 
 template <class Stream>
 class Session final : public SessionBase,
@@ -70,7 +80,7 @@ public:
 
     std::uint64_t id() const noexcept override { return id_; }
     void hold(std::shared_ptr<const void> resource) override {
-        if constexpr (is_tls_stream<Stream>) held_ = std::move(resource);
+        if constexpr (is_tls) held_ = std::move(resource);
     }
     std::size_t shard() const noexcept override { return shard_; }
     const std::string& peer() const noexcept override { return peer_; }
@@ -207,8 +217,12 @@ private:
     // SIOCINQ: bytes waiting in the socket's receive queue.
     std::size_t unread_bytes() override {
         int n = 0;
-        if (::ioctl(stream_.lowest_layer().native_handle(), SIOCINQ, &n) != 0) return 0;
-        return n > 0 ? static_cast<std::size_t>(n) : 0;
+        if (::ioctl(stream_.lowest_layer().native_handle(), SIOCINQ, &n) != 0) n = 0;
+        std::size_t waiting = n > 0 ? static_cast<std::size_t>(n) : 0;
+        if constexpr (is_tls) {
+            if (stream_.has_pending()) ++waiting;  // read ahead into OpenSSL's buffer
+        }
+        return waiting;
     }
 
     Clock::time_point now() override { return Clock::now(); }
@@ -238,16 +252,12 @@ private:
 
     // --- reading ---
 
-    // Plain sockets (TCP, Unix) can be waited on for readability, so an idle
-    // session holds no read buffer at all: bytes are read into one scratch
-    // buffer per thread and only an incomplete frame's tail stays with the
-    // session. Streams with buffers of their own (TLS) read the usual way.
-    static constexpr bool waits_for_readiness =
-        std::is_same_v<Stream, asio::ip::tcp::socket> || std::is_same_v<Stream, asio::local::stream_protocol::socket>;
-
-    // Streams read the usual way (TLS): the bounds of the read size.
-    static constexpr std::size_t min_read_size = 4 * 1024;
-    static constexpr std::size_t max_read_size = 16 * 1024;
+    // Every transport is read after a readiness wait, so an idle session
+    // holds no read buffer at all: bytes are read into one scratch buffer per
+    // thread and only an incomplete frame's tail stays with the session. TLS
+    // too: OpenSSL reads the descriptor itself (TlsSocket) and, with
+    // SSL_MODE_RELEASE_BUFFERS, gives its record buffer back once it is empty.
+    static constexpr bool is_tls = is_tls_socket<Stream>;
 
     static std::span<std::uint8_t> read_scratch() {
         static thread_local std::vector<std::uint8_t> scratch(64 * 1024);
@@ -257,7 +267,7 @@ private:
     // TLS: the handshake comes first and counts against the handshake timeout
     // (the core's first deadline). Other streams: nothing to do.
     asio::awaitable<bool> tls_handshake() {
-        if constexpr (is_tls_stream<Stream>) {
+        if constexpr (is_tls) {
             using asio::experimental::as_tuple;
             // The watchdog does not run yet, so its timer bounds the
             // handshake: at the deadline the socket is closed, which ends it.
@@ -268,7 +278,23 @@ private:
                 asio::error_code ignored;
                 self->stream_.lowest_layer().close(ignored);
             });
-            auto [ec] = co_await stream_.async_handshake(Stream::server, as_tuple(asio::use_awaitable));
+            asio::error_code ec;
+            for (;;) {
+                const auto step = stream_.handshake();
+                if (step.status == TlsSocket::Status::done) break;
+                if (step.status != TlsSocket::Status::want_read && step.status != TlsSocket::Status::want_write) {
+                    ec = step.error;
+                    break;
+                }
+                auto [wait_ec] = co_await stream_.async_wait(step.status == TlsSocket::Status::want_read
+                                                                 ? asio::socket_base::wait_read
+                                                                 : asio::socket_base::wait_write,
+                                                             as_tuple(asio::use_awaitable));
+                if (wait_ec) {
+                    ec = wait_ec;
+                    break;
+                }
+            }
             handshake_done_ = true;
             watchdog_.cancel();
             if (core_.closed()) co_return false;  // aborted meanwhile (server shut down)
@@ -283,8 +309,53 @@ private:
                 co_return false;
             }
             env_.log->debug("session {} {}: {}", id_, peer_, describe_tls_session(stream_.native_handle()));
+            // The client's first frames may have come with its last handshake
+            // message: OpenSSL holds them, the socket need not turn readable.
+            read_again_ = true;
         }
         co_return true;
+    }
+
+    // TLS: decrypts what OpenSSL can give without blocking into `scratch`.
+    // A full scratch, or an end of stream behind bytes still to be handled,
+    // sets read_again_: the next read comes before any readiness wait.
+    std::size_t read_tls(std::span<std::uint8_t> scratch, asio::error_code& ec) {
+        if constexpr (is_tls) {
+            if (tls_end_) {
+                ec = *tls_end_;
+                tls_end_.reset();
+                return 0;
+            }
+            std::size_t n = 0;
+            while (n < scratch.size()) {
+                const auto got = stream_.read(scratch.data() + n, scratch.size() - n);
+                switch (got.status) {
+                case TlsSocket::Status::done: n += got.bytes; continue;
+                case TlsSocket::Status::want_read: return n;
+                case TlsSocket::Status::want_write: tls_read_wants_write_ = true; return n;
+                case TlsSocket::Status::closed:
+                case TlsSocket::Status::failed: {
+                    // Closed without close_notify (a truncation) ends the
+                    // stream all the same: whole frames carry our protocol.
+                    const asio::error_code end =
+                        got.status == TlsSocket::Status::closed ? asio::error::eof : got.error;
+                    if (n == 0) {
+                        ec = end;
+                        return 0;
+                    }
+                    tls_end_ = end;
+                    read_again_ = true;
+                    return n;
+                }
+                }
+            }
+            read_again_ = true;
+            return n;
+        } else {
+            (void)scratch;
+            (void)ec;
+            return 0;
+        }
     }
 
     asio::awaitable<void> reader() {
@@ -292,37 +363,30 @@ private:
         Message message;
         while (!core_.closed()) {
             asio::error_code ec;
-            if constexpr (waits_for_readiness) {
+            if (!read_again_) {
                 auto [wait_ec] = co_await stream_.async_wait(asio::socket_base::wait_read, as_tuple(asio::use_awaitable));
                 ec = wait_ec;
-                if (!ec) {
-                    auto scratch = read_scratch();
-                    const std::size_t n = stream_.read_some(asio::buffer(scratch.data(), scratch.size()), ec);
-                    if (ec == asio::error::would_block || ec == asio::error::try_again) continue;
-                    if (!ec) decoder_.feed(scratch.first(n));
-                }
-            } else {
-                // The read buffer stays with the session while it waits, so it
-                // is sized to the traffic: 4 KiB (the decoder's least) while
-                // reads are small, doubling up to 16 KiB (a record) while they
-                // fill it. At a fixed 16 KiB, zeroed as the decoder's array
-                // grew to 16-32 KiB, it was a fifth of an idle TLS session.
-                if (read_size_ < min_read_size) read_size_ = min_read_size;  // the first read
-                auto space = decoder_.prepare(read_size_);
-                auto [read_ec, n] = co_await stream_.async_read_some(asio::buffer(space.data(), space.size()),
-                                                                     as_tuple(asio::use_awaitable));
-                ec = read_ec;
-                if (!ec) {
-                    decoder_.commit(n);
-                    if (n == read_size_ && read_size_ < max_read_size) {
-                        read_size_ *= 2;
-                    } else if (n < min_read_size && read_size_ > min_read_size) {
-                        // Back to small reads: the big array goes once nothing is half-read.
-                        read_size_ = min_read_size;
-                        shrink_read_buffer_ = true;
+            }
+            read_again_ = false;
+            if (!ec) {
+                auto scratch = read_scratch();
+                std::size_t n = 0;
+                if constexpr (is_tls) {
+                    n = read_tls(scratch, ec);
+                    if (tls_read_wants_write_) {
+                        // A TLS 1.3 post-handshake message of ours waits for room.
+                        tls_read_wants_write_ = false;
+                        auto [wait_ec] =
+                            co_await stream_.async_wait(asio::socket_base::wait_write, as_tuple(asio::use_awaitable));
+                        if (!wait_ec) read_again_ = true;
+                        ec = wait_ec;
                     }
+                } else {
+                    n = stream_.read_some(asio::buffer(scratch.data(), scratch.size()), ec);
+                    if (ec == asio::error::would_block || ec == asio::error::try_again) continue;
                 }
-                if (is_tls_truncation(ec)) ec = asio::error::eof;  // closed without close_notify
+                if (!ec && n == 0) continue;
+                if (!ec) decoder_.feed(scratch.first(n));
             }
             if (ec == asio::error::eof) {
                 core_.on_peer_eof(decoder_.buffered() > 0, Clock::now());
@@ -332,7 +396,7 @@ private:
             if (ec) {
                 core_.on_read_failed(ec == asio::error::operation_aborted ? std::string("read cancelled")
                                                                          : "read failed: " + ec.message(),
-                                     is_tls_stream<Stream>);
+                                     is_tls);
                 apply();
                 break;
             }
@@ -360,15 +424,8 @@ private:
             }
             // A huge SAY once received must not stay with an idle session.
             if (holds_big_text(message)) message = Heartbeat{};
-            if constexpr (waits_for_readiness) {
-                // Nothing half-read: give the buffer back (an idle session keeps none).
-                if (decoder_.buffered() == 0 && !core_.closing()) decoder_ = Decoder(core_.max_frame());
-            } else {
-                if (shrink_read_buffer_ && decoder_.buffered() == 0 && !core_.closing()) {
-                    decoder_ = Decoder(core_.max_frame());
-                    shrink_read_buffer_ = false;
-                }
-            }
+            // Nothing half-read: give the buffer back (an idle session keeps none).
+            if (decoder_.buffered() == 0 && !core_.closing()) decoder_ = Decoder(core_.max_frame());
             if (shard_ != 0 && !core_.closing() && !core_.closed() && env_.hub_gates[shard_]->full()) {
                 // The hub is behind this shard's requests: read no more until
                 // it catches up. Bytes wait in the socket meanwhile, which the
@@ -390,6 +447,8 @@ private:
     // Linux's IOV_MAX: frames per sendmsg (asio's own gather stops at 64).
     static constexpr std::size_t max_iov = 1024;
 
+    enum class WriteResult { done, would_block, failed };
+
     // The core's batch, with the cursor of what was sent of it reset.
     bool take_batch(Clock::time_point now) {
         if (!core_.take_batch(now)) return false;
@@ -398,65 +457,45 @@ private:
         return true;
     }
 
-    // Started when a plain socket's write has to wait (socket buffer full), or
-    // to close (TLS: the close_notify exchange); ends when the queues are empty
-    // (or, closing, after the close). Otherwise every stream is written by
-    // flush(), without a coroutine.
+    // Started when a write has to wait (socket buffer full), or to close;
+    // ends when the queues are empty (or, closing, after the close).
+    // Otherwise every stream is written by flush(), without a coroutine.
     asio::awaitable<void> writer() {
         using asio::experimental::as_tuple;
         while (!core_.closed()) {
             if (core_.batch().empty() && !take_batch(Clock::now())) {
                 if (core_.wants_half_close()) {
                     // Everything queued before the close is out: now close.
-                    if constexpr (is_tls_stream<Stream>) {
-                        // close_notify tells the peer the stream ended here and was
-                        // not cut; its answer gets a short, bounded wait. From here
-                        // the peer's EOF (its answer, or its plain close) ends the
-                        // session: the reader tells the core.
-                        core_.half_closed(Clock::now());
-                        apply();
+                    if constexpr (is_tls) {
+                        // close_notify tells the peer the stream ended here and
+                        // was not cut. Its own close_notify (or its plain close)
+                        // then ends the session: the reader tells the core.
+                        for (;;) {
+                            const auto sent = stream_.shutdown();
+                            if (sent.status != TlsSocket::Status::want_write) break;
+                            auto [wait_ec] = co_await stream_.async_wait(asio::socket_base::wait_write,
+                                                                         as_tuple(asio::use_awaitable));
+                            if (wait_ec || core_.closed()) break;
+                        }
                         if (core_.closed()) break;
-                        using namespace asio::experimental::awaitable_operators;
-                        asio::steady_timer bound(stream_.get_executor());
-                        bound.expires_at(core_.next_wakeup());
-                        co_await (stream_.async_shutdown(as_tuple(asio::use_awaitable)) ||
-                                  bound.async_wait(as_tuple(asio::use_awaitable)));
-                        core_.linger_done();
-                        apply();
-                    } else {
-                        // The core waits for the peer's EOF before the close (a
-                        // close with unread input would be a reset); the reader
-                        // drains until it comes.
-                        asio::error_code ignored;
-                        stream_.lowest_layer().shutdown(asio::socket_base::shutdown_send, ignored);
-                        core_.half_closed(Clock::now());
-                        apply();
                     }
+                    // The core waits for the peer's EOF before the close (a
+                    // close with unread input would be a reset); the reader
+                    // drains until it comes.
+                    asio::error_code ignored;
+                    stream_.lowest_layer().shutdown(asio::socket_base::shutdown_send, ignored);
+                    core_.half_closed(Clock::now());
+                    apply();
                 }
                 break;  // idle: the next queued frame starts a new writer
             }
             asio::error_code ec;
-            if constexpr (waits_for_readiness) {
-                if (write_now(ec) == WriteResult::would_block) {
-                    core_.write_waiting();
-                    apply();
-                    auto [wait_ec] =
-                        co_await stream_.async_wait(asio::socket_base::wait_write, as_tuple(asio::use_awaitable));
-                    if (!wait_ec) continue;
-                    ec = wait_ec;
-                }
-            } else {
-                // Not reached in practice (the flush pass writes TLS batches and
-                // starts the writer only to close), but the same staged write.
+            if (write_now(ec) == WriteResult::would_block) {
                 core_.write_waiting();
                 apply();
-                while (!ec && sent_index_ < core_.batch().size()) {
-                    auto staging = stage_chunk();
-                    auto [write_ec, n] = co_await asio::async_write(
-                        stream_, asio::buffer(staging->data.get(), staging->size), as_tuple(asio::use_awaitable));
-                    TlsStaging::give_back(std::move(staging));
-                    ec = write_ec;
-                }
+                auto [wait_ec] = co_await stream_.async_wait(asio::socket_base::wait_write, as_tuple(asio::use_awaitable));
+                if (!wait_ec) continue;
+                ec = wait_ec;
             }
             if (ec) {
                 core_.on_write_failed("write failed: " + ec.message());
@@ -474,35 +513,57 @@ private:
         flush_pending_ = false;
         if (core_.closed() || writer_running_) return;
         const auto now = Clock::now();
+        if constexpr (is_tls) {
+            if (defer_tls_write(now)) return;
+        }
         if (core_.batch().empty() && !take_batch(now)) {
             if (core_.wants_half_close()) start_writer();  // nothing left to send: the writer closes
             return;
         }
-        if constexpr (!waits_for_readiness) {
-            // TLS: everything queued (control frames first) becomes one write
-            // of full-size records; what is queued while it is in flight goes
-            // in the next one (write_staged_done).
-            core_.write_waiting();
-            write_staged();
-            apply();
-        } else {
-            asio::error_code ec;
-            switch (write_now(ec)) {
-            case WriteResult::done:
-                core_.batch_written(now);
-                if (core_.wants_half_close()) start_writer();
-                break;
-            case WriteResult::would_block:
-                start_writer();  // the rest waits for writability there
-                core_.write_waiting();
-                break;
-            case WriteResult::failed:
-                core_.on_write_failed("write failed: " + ec.message());
-                break;
+        asio::error_code ec;
+        switch (write_now(ec)) {
+        case WriteResult::done:
+            core_.batch_written(now);
+            if (core_.wants_half_close()) {
+                start_writer();
             }
-            apply();
+            if constexpr (is_tls) last_tls_write_ = now;
+            break;
+        case WriteResult::would_block:
+            start_writer();  // the rest waits for writability there
+            core_.write_waiting();
+            break;
+        case WriteResult::failed:
+            core_.on_write_failed("write failed: " + ec.message());
+            break;
+        }
+        apply();
+    }
+
+    // TLS: every write costs a record (its header, tag and encryption set-up)
+    // on both ends, and the client decrypts one record per read. A session
+    // that wrote less than the coalescing delay ago and has less than a
+    // record queued waits for the rest of that delay (once), so that a busy
+    // room's frames share records; a session that was quiet writes at once.
+    bool defer_tls_write(Clock::time_point now) {
+        if constexpr (is_tls) {
+            const auto delay = env_.config.tls_coalesce;
+            if (tls_deferred_ || delay.count() <= 0 || now - last_tls_write_ >= delay ||
+                core_.queued_bytes() >= tls_record_size || core_.closing()) {
+                tls_deferred_ = false;
+                return false;
+            }
+            tls_deferred_ = true;
+            flush_pending_ = true;
+            env_.flush_lists[shard_]->add_at(this->shared_from_this(), last_tls_write_ + delay);
+            return true;
+        } else {
+            (void)now;
+            return false;
         }
     }
+
+    static constexpr std::size_t tls_record_size = 16 * 1024;
 
     // TLS: copies the batch from the cursor (sent_index_, sent_offset_) on
     // into a staging buffer, as far as it holds, and moves the cursor past it.
@@ -527,45 +588,39 @@ private:
         return staging;
     }
 
-    // TLS: one async_write of the next chunk of the batch; its completion
-    // starts the next chunk, or ends the batch. writer_running_ stands for the
-    // write in flight, so wake_writer() leaves the session off the flush list
-    // meanwhile.
-    void write_staged() {
-        auto staging = stage_chunk();
-        const asio::const_buffer buffer(staging->data.get(), staging->size);
-        writer_running_ = true;
-        ++tasks_;
-        asio::async_write(stream_, buffer,
-                          [self = this->shared_from_this(), staging = std::move(staging)](
-                              const asio::error_code& ec, std::size_t) mutable {
-                              TlsStaging::give_back(std::move(staging));
-                              self->write_staged_done(ec);
-                              self->task_done();
-                          });
-    }
-
-    void write_staged_done(const asio::error_code& ec) noexcept {
-        writer_running_ = false;
-        try {
-            if (core_.closed()) return;
-            if (ec) {
-                core_.on_write_failed("write failed: " + ec.message());
-                apply();
-                return;
+    // TLS: the batch goes out through staging buffers, so that OpenSSL makes
+    // full-size records of it (one SSL_write per small frame would make a
+    // record and a socket write each): staged, then encrypted and sent a
+    // record at a time, until the batch is out or the socket is full. The
+    // staging buffer in flight stays with the session until it is sent.
+    WriteResult write_tls(asio::error_code& ec) {
+        if constexpr (is_tls) {
+            for (;;) {
+                if (!tls_out_) {
+                    if (sent_index_ >= core_.batch().size()) return WriteResult::done;
+                    tls_out_ = stage_chunk();
+                    tls_out_sent_ = 0;
+                }
+                while (tls_out_sent_ < tls_out_->size) {
+                    const auto sent =
+                        stream_.write(tls_out_->data.get() + tls_out_sent_, tls_out_->size - tls_out_sent_);
+                    switch (sent.status) {
+                    case TlsSocket::Status::done: tls_out_sent_ += sent.bytes; continue;
+                    case TlsSocket::Status::want_write: return WriteResult::would_block;
+                    case TlsSocket::Status::want_read:
+                        // Only a renegotiation would; it is off (restrict_versions).
+                        ec = asio::error::operation_not_supported;
+                        return WriteResult::failed;
+                    case TlsSocket::Status::closed:
+                    case TlsSocket::Status::failed: ec = sent.error; return WriteResult::failed;
+                    }
+                }
+                TlsStaging::give_back(std::move(tls_out_));
+                tls_out_.reset();
             }
-            if (sent_index_ < core_.batch().size()) {
-                write_staged();
-                return;
-            }
-            core_.batch_written(Clock::now());
-            apply();
-            // Queued meanwhile, or closing: the next pass writes it (or closes).
-            if (core_.has_queued() || core_.wants_half_close()) wake_writer();
-        } catch (const std::exception& e) {
-            env_.log->error("session {} {}: bug: {}", id_, peer_, e.what());
-            core_.abort("internal error");
-            apply();
+        } else {
+            (void)ec;
+            return WriteResult::failed;
         }
     }
 
@@ -591,17 +646,10 @@ private:
 #endif
     }
 
-    enum class WriteResult { done, would_block, failed };
-
-    // Straight to the kernel: up to max_iov frames per sendmsg, continuing a
+    // Plain sockets straight to the kernel: up to max_iov frames per sendmsg, continuing a
     // partially written batch, until the batch is out or the socket is full.
     WriteResult write_now(asio::error_code& ec) {
-        if constexpr (!waits_for_readiness) {
-            // TLS writes through its stream (writer()); explicit instantiation
-            // still compiles this member for it.
-            ec = asio::error::operation_not_supported;
-            return WriteResult::failed;
-        }
+        if constexpr (is_tls) return write_tls(ec);
         const auto& batch = core_.batch();
         auto& iov = iov_;
         while (sent_index_ < batch.size()) {
@@ -687,7 +735,7 @@ private:
     // Members only TLS uses take no room in the other sessions.
     struct Nothing {};
     template <class T>
-    using TlsOnly = std::conditional_t<is_tls_stream<Stream>, T, Nothing>;
+    using TlsOnly = std::conditional_t<is_tls, T, Nothing>;
 
     Stream stream_;
     [[no_unique_address]] TlsOnly<std::shared_ptr<const void>> held_;
@@ -703,6 +751,7 @@ private:
     bool writer_running_ = false;
     bool flush_pending_ = false;    // on the shard's flush list
     bool transport_ready_ = false;  // TLS: after the handshake
+    bool read_again_ = false;       // read before waiting: the last read may have left bytes
     bool handshake_done_ = false;       // TLS
     bool handshake_timed_out_ = false;  // TLS
     unsigned tasks_ = 0;
@@ -713,10 +762,17 @@ private:
     std::size_t sent_offset_ = 0;
     // sendmsg's buffer list, kept so its capacity is reused.
     std::vector<iovec> iov_;
-    // TLS: the next read's size, and whether the decoder's array is to be
-    // made small again (reads went back from large to small).
-    [[no_unique_address]] TlsOnly<std::size_t> read_size_{};
-    [[no_unique_address]] TlsOnly<bool> shrink_read_buffer_{};
+    // TLS: the staging buffer being sent and how much of it is out; the end
+    // of the stream that came behind bytes still to be handled; a read that
+    // waits for writability.
+    [[no_unique_address]] TlsOnly<TlsStaging::Handle> tls_out_{};
+    [[no_unique_address]] TlsOnly<std::size_t> tls_out_sent_{};
+    [[no_unique_address]] TlsOnly<std::optional<asio::error_code>> tls_end_{};
+    [[no_unique_address]] TlsOnly<bool> tls_read_wants_write_{};
+    // TLS write coalescing (defer_tls_write): the last write, and whether
+    // the session is waiting on the flush list's timer.
+    [[no_unique_address]] TlsOnly<Clock::time_point> last_tls_write_{};
+    [[no_unique_address]] TlsOnly<bool> tls_deferred_{};
 };
 
 }  // namespace chat

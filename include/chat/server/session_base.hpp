@@ -11,7 +11,7 @@
 #include <asio/ip/tcp.hpp>
 #include <asio/local/stream_protocol.hpp>
 
-#include "chat/common/tls.hpp"
+#include "chat/server/tls_socket.hpp"
 #include "chat/proto/protocol.hpp"
 #include "chat/server/flush_list.hpp"
 #include "chat/server/participant.hpp"
@@ -41,7 +41,7 @@ std::shared_ptr<SessionBase> make_session(asio::ip::tcp::socket stream, std::uin
 std::shared_ptr<SessionBase> make_session(asio::local::stream_protocol::socket stream, std::uint64_t id,
                                           std::size_t shard, std::string peer, SessionEnv& env);
 #if PULSECHAT_HAVE_OPENSSL
-std::shared_ptr<SessionBase> make_session(TlsStream stream, std::uint64_t id, std::size_t shard, std::string peer,
+std::shared_ptr<SessionBase> make_session(TlsSocket stream, std::uint64_t id, std::size_t shard, std::string peer,
                                           SessionEnv& env);
 #endif
 

@@ -8,15 +8,14 @@
 namespace chat {
 
 // Where a TLS session's batch is copied before it is encrypted, so that
-// OpenSSL makes full-size records of it: asio::ssl hands SSL_write one buffer
-// at a time (at most 8 KiB of a gather's small buffers linearised), so a
-// gather of small frames would make small records and a socket write each.
-// The buffers are pooled per thread and held only while a write is in flight:
-// an idle session holds none.
+// OpenSSL makes full-size records of it: SSL_write takes one buffer, and a
+// call per small frame would make a record (and a socket write) each. The
+// buffers are pooled per thread and held only while a write is under way (or
+// waits for the socket): an idle session holds none.
 class TlsStaging {
 public:
-    // One async_write: four full TLS records (16 KiB of plaintext each). A
-    // larger batch is written in several, one after the other.
+    // Four full TLS records (16 KiB of plaintext each). A larger batch is
+    // staged and written in several, one after the other.
     static constexpr std::size_t capacity = 4 * 16 * 1024;
 
     struct Buffer {

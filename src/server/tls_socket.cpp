@@ -1,0 +1,119 @@
+#include "chat/server/tls_socket.hpp"
+
+#if PULSECHAT_HAVE_OPENSSL
+
+#include <cerrno>
+#include <climits>
+#include <system_error>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+namespace chat {
+
+TlsSocket::TlsSocket(asio::ip::tcp::socket socket, asio::ssl::context& context) : socket_(std::move(socket)) {
+    ssl_ = SSL_new(context.native_handle());
+    if (ssl_ == nullptr) {
+        ERR_clear_error();
+        throw std::system_error(std::make_error_code(std::errc::not_enough_memory), "SSL_new");
+    }
+    asio::error_code ignored;
+    socket_.non_blocking(true, ignored);
+    // A socket BIO without ownership: asio's socket closes the descriptor.
+    SSL_set_fd(ssl_, socket_.native_handle());
+    SSL_set_accept_state(ssl_);
+    // Partial writes: SSL_write returns after each record, so a full socket
+    // costs a retry of the rest, not of the whole buffer. Moving buffer: a
+    // retry may come from a staging buffer at another address.
+    SSL_set_mode(ssl_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    // Read ahead: one recv() takes what is there (several records), instead
+    // of one for each record's header and one for its body.
+    SSL_set_read_ahead(ssl_, 1);
+}
+
+TlsSocket::TlsSocket(TlsSocket&& other) noexcept
+    : socket_(std::move(other.socket_)), ssl_(std::exchange(other.ssl_, nullptr)), failed_(other.failed_) {}
+
+TlsSocket::~TlsSocket() {
+    if (ssl_ != nullptr) SSL_free(ssl_);
+}
+
+TlsSocket::Result TlsSocket::outcome(int ret, int saved_errno) {
+    switch (SSL_get_error(ssl_, ret)) {
+    case SSL_ERROR_WANT_READ: return {Status::want_read};
+    case SSL_ERROR_WANT_WRITE: return {Status::want_write};
+    case SSL_ERROR_ZERO_RETURN: return {Status::closed, 0, asio::error::eof};
+    case SSL_ERROR_SYSCALL: {
+        failed_ = true;
+        if (const unsigned long e = ERR_get_error(); e != 0) {
+            ERR_clear_error();
+            return {Status::failed, 0, asio::error_code(static_cast<int>(e), asio::error::get_ssl_category())};
+        }
+        if (saved_errno == 0) return {Status::closed, 0, asio::ssl::error::stream_truncated};
+        return {Status::failed, 0, asio::error_code(saved_errno, asio::error::get_system_category())};
+    }
+    case SSL_ERROR_SSL: {
+        failed_ = true;
+        const unsigned long e = ERR_get_error();
+        ERR_clear_error();
+        // OpenSSL 3 reports a TCP close without close_notify this way.
+        if (ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
+            return {Status::closed, 0, asio::ssl::error::stream_truncated};
+        return {Status::failed, 0, asio::error_code(static_cast<int>(e), asio::error::get_ssl_category())};
+    }
+    default:
+        failed_ = true;
+        ERR_clear_error();
+        return {Status::failed, 0, asio::error::operation_not_supported};
+    }
+}
+
+// Each call starts with an empty error queue (it is per thread, and shared by
+// every session on it) and reads errno at once, before anything can change it.
+TlsSocket::Result TlsSocket::handshake() {
+    if (failed_) return {Status::failed, 0, asio::error::broken_pipe};
+    ERR_clear_error();
+    errno = 0;
+    const int ret = SSL_do_handshake(ssl_);
+    const int saved_errno = errno;
+    if (ret == 1) return {Status::done};
+    return outcome(ret, saved_errno);
+}
+
+TlsSocket::Result TlsSocket::read(void* data, std::size_t size) {
+    if (failed_) return {Status::failed, 0, asio::error::broken_pipe};
+    ERR_clear_error();
+    errno = 0;
+    std::size_t n = 0;
+    const int ret = SSL_read_ex(ssl_, data, size, &n);
+    const int saved_errno = errno;
+    if (ret == 1) return {Status::done, n};
+    return outcome(ret, saved_errno);
+}
+
+TlsSocket::Result TlsSocket::write(const void* data, std::size_t size) {
+    if (failed_) return {Status::failed, 0, asio::error::broken_pipe};
+    ERR_clear_error();
+    errno = 0;
+    std::size_t n = 0;
+    const int ret = SSL_write_ex(ssl_, data, size, &n);
+    const int saved_errno = errno;
+    if (ret == 1) return {Status::done, n};
+    return outcome(ret, saved_errno);
+}
+
+TlsSocket::Result TlsSocket::shutdown() {
+    if (failed_) return {Status::failed, 0, asio::error::broken_pipe};
+    ERR_clear_error();
+    errno = 0;
+    const int ret = SSL_shutdown(ssl_);
+    const int saved_errno = errno;
+    if (ret >= 0) return {Status::done};  // 0: ours is sent; 1: theirs came too
+    return outcome(ret, saved_errno);
+}
+
+bool TlsSocket::has_pending() const noexcept { return ssl_ != nullptr && SSL_has_pending(ssl_) == 1; }
+
+}  // namespace chat
+
+#endif  // PULSECHAT_HAVE_OPENSSL
