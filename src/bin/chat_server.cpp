@@ -95,6 +95,13 @@ int main(int argc, char** argv) {
     app.add_option("--tls-client-ca", cfg.tls_client_ca,
                    "Require a client certificate on the TLS port, issued by a CA in this PEM file")
         ->type_name("FILE");
+    app.add_option_function<std::uint16_t>(
+           "--admin-port", [&](std::uint16_t port) { cfg.admin_port = port; },
+           "Serve GET /metrics (Prometheus), /healthz and /readyz over HTTP on this port (0 picks one); off by "
+           "default. /readyz answers 503 from the moment a SIGTERM drain begins")
+        ->type_name("PORT");
+    app.add_option("--admin-bind", cfg.admin_bind, "Address of the admin listener; keep it private")
+        ->capture_default_str();
     chat::add_duration_option(app, "--tls-coalesce", cfg.tls_coalesce,
                               "TLS: a busy session's small write waits up to this long to share a record with "
                               "the next frames (a session that was quiet writes at once); 0 turns it off");

@@ -102,6 +102,11 @@ void AccessControl::forget_old(Clock::time_point now) {
     }
 }
 
+AccessControl::Stats AccessControl::stats() const {
+    std::lock_guard lock(mutex_);
+    return stats_;
+}
+
 std::optional<AuthRefusal> AccessControl::check(std::string_view token, const std::string& address,
                                                 Clock::time_point now) {
     std::lock_guard lock(mutex_);
@@ -110,6 +115,7 @@ std::optional<AuthRefusal> AccessControl::check(std::string_view token, const st
     if (++checks_ % 256 == 0) forget_old(now);
     auto it = failures_.find(address);
     if (it != failures_.end() && now < it->second.locked_until) {
+        ++stats_.failures;
         const auto left = std::chrono::ceil<std::chrono::seconds>(it->second.locked_until - now);
         return AuthRefusal{"too many failed attempts; try again later",
                            fmt::format("{} is locked out for another {}s after repeated failed logins", address,
@@ -126,12 +132,14 @@ std::optional<AuthRefusal> AccessControl::check(std::string_view token, const st
         f.first = now;
     }
     ++f.count;
+    ++stats_.failures;
     std::string detail = fmt::format("{} ({} of {} allowed failures from {} within {})",
                                      token.empty() ? "no access token" : "wrong access token", f.count,
                                      limits_.max_failures, address, format_duration(limits_.window));
     if (limits_.max_failures > 0 && f.count >= limits_.max_failures) {
         f.locked_until = now + limits_.lockout;
         f.count = 0;
+        ++stats_.lockouts;
         detail += fmt::format("; {} is refused for {}", address, format_duration(limits_.lockout));
     }
     return AuthRefusal{token.empty() ? "this server wants an access token" : "wrong access token",

@@ -7,6 +7,7 @@
 namespace chat {
 
 void FlushList::add(std::shared_ptr<Flushable> session) {
+    if (pending_.empty() && latency_ != nullptr) pending_since_ = std::chrono::steady_clock::now();
     pending_.push_back(std::move(session));
     if (posted_) return;
     posted_ = true;
@@ -27,6 +28,7 @@ void FlushList::arm_timer() {
         const auto now = std::chrono::steady_clock::now();
         bool moved = false;
         while (!later_.empty() && later_.front().first <= now) {
+            if (pending_.empty()) pending_since_ = now;
             pending_.push_back(std::move(later_.front().second));
             later_.pop_front();
             moved = true;
@@ -46,6 +48,8 @@ void FlushList::run() {
         running_.clear();
         next_ = 0;
         running_.swap(pending_);
+        if (latency_ != nullptr && !running_.empty())
+            latency_->observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - pending_since_).count());
     }
     const std::size_t end = std::min(running_.size(), next_ + chunk);
     while (next_ < end) {

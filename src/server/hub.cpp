@@ -154,6 +154,12 @@ void Hub::handle(std::uint64_t id, const Request& request) {
         request);
 }
 
+std::size_t Hub::member_count() const noexcept {
+    std::size_t members = 0;
+    for (const auto& [name, room] : rooms_) members += room->size();
+    return members;
+}
+
 void Hub::join(SessionRecord& record, const JoinRequest& join) {
     auto it = rooms_.find(join.room.view());
     if (it != rooms_.end() && is_member(record, it->second.get())) {
@@ -184,6 +190,14 @@ void Hub::join(SessionRecord& record, const JoinRequest& join) {
     joined.history_count = static_cast<std::uint32_t>(replay.frames.size());
     joined.epoch_changed = replay.epoch_changed;
     joined.quiet = quiet_room;
+    if (join.resume) {
+        if (replay.epoch_changed)
+            ++stats_.resumes_epoch;
+        else if (replay.missed > 0)
+            ++stats_.resumes_gap;
+        else
+            ++stats_.resumes_full;
+    }
     // Join order, the joiner last; its place is kept when the list is cut.
     // A quiet room lists only the joiner (members ask with WHO), which keeps
     // a join O(1) in the room's size.
@@ -235,6 +249,7 @@ void Hub::say(SessionRecord& record, const RoomName& room, std::string_view text
         return;
     }
     broker_.publish(room.view(), record.nick.view(), text, now_ms());
+    ++stats_.published;
 }
 
 void Hub::whisper(SessionRecord& record, const NickName& to, std::string_view text) {
@@ -245,6 +260,7 @@ void Hub::whisper(SessionRecord& record, const NickName& to, std::string_view te
         return;
     }
     const auto ts = now_ms();
+    ++stats_.published;
     send(*target, Whisper{record.nick.str(), ts, std::string(text), false});
     send(record, Whisper{target->nick.str(), ts, std::string(text), true});
 }

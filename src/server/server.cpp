@@ -76,9 +76,13 @@ Server::Server(ServerConfig config)
       drain_timer_(hub_context_),
       summary_timer_(hub_context_),
       live_(shards_.size()) {
+    start_time_ = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
     for (auto& shard : shards_) {
         work_.push_back(asio::make_work_guard(*shard));
-        env_.flush_lists.push_back(std::make_unique<FlushList>(shard->get_executor()));
+        env_.shard_metrics.push_back(std::make_unique<ShardMetrics>());
+        ticks_.push_back(std::make_unique<asio::steady_timer>(*shard));
+        env_.flush_lists.push_back(
+            std::make_unique<FlushList>(shard->get_executor(), &env_.shard_metrics.back()->flush_latency));
         env_.hub_gates.push_back(std::make_unique<HubGate>(shard->get_executor(), config_.hub_backlog));
     }
     env_.close_after_bug = [this](std::size_t shard, std::uint64_t id) {
@@ -112,6 +116,23 @@ std::vector<asio::ip::tcp::endpoint> Server::listen() {
         if (auto problem = access_.load(config_.token_file); !problem.empty()) throw std::runtime_error(problem);
         env_.access = &access_;
     }
+    if (config_.admin_port) {
+#if PULSECHAT_HAVE_HTTP_PARSER
+        const asio::ip::tcp::endpoint admin_at(asio::ip::make_address(config_.admin_bind), *config_.admin_port);
+        AdminHandlers handlers;
+        handlers.metrics = [this] { return scrape(); };
+        handlers.ready = [this] { return !shutting_down_; };
+        try {
+            admin_ = std::make_unique<AdminListener>(hub_context_, admin_at, std::move(handlers), log_,
+                                                     std::chrono::milliseconds(config_.handshake_timeout));
+        } catch (const std::system_error& e) {
+            throw std::runtime_error("cannot listen on " + to_string(admin_at) + " (admin): " + e.code().message());
+        }
+#else
+        throw std::runtime_error("--admin-port: this chat_server was built without the admin listener (meson "
+                                 "option admin, libhttp-parser-dev)");
+#endif
+    }
     if (config_.tls_port) {
 #if PULSECHAT_HAVE_OPENSSL
         tls_ = std::make_unique<TlsServerContext>(
@@ -136,6 +157,66 @@ std::vector<asio::ip::tcp::endpoint> Server::listen() {
     std::vector<asio::ip::tcp::endpoint> bound;
     for (auto& a : acceptors_) bound.push_back(a.local_endpoint());
     return bound;
+}
+
+std::optional<asio::ip::tcp::endpoint> Server::admin_endpoint() const {
+#if PULSECHAT_HAVE_HTTP_PARSER
+    if (admin_) return admin_->local_endpoint();
+#endif
+    return std::nullopt;
+}
+
+ServerGauges Server::gauges() const {
+    ServerGauges g;
+    g.version = PULSECHAT_VERSION;
+    g.rooms = hub_.room_count();
+    g.members = hub_.member_count();
+    g.nicks = hub_.nick_count();
+    g.queued_bytes_peak = env_.counters.peak_queued_bytes.load(std::memory_order_relaxed);
+    const auto& hub = hub_.stats();
+    g.messages_published = hub.published;
+    g.resumes_full = hub.resumes_full;
+    g.resumes_gap = hub.resumes_gap;
+    g.resumes_epoch = hub.resumes_epoch;
+    const auto auth = access_.stats();
+    g.auth_failures = auth.failures;
+    g.lockouts = auth.lockouts;
+    g.bugs = env_.counters.bugs.load(std::memory_order_relaxed);
+    g.ready = !shutting_down_;
+    g.start_time_seconds = start_time_;
+    return g;
+}
+
+asio::awaitable<std::string> Server::scrape() {
+    // Each shard copies its own counts on its own thread: nothing on the
+    // per-message path is shared or locked. The hub's come first, so that a
+    // session accepted there is counted before its end on another shard.
+    std::vector<ShardMetrics> copies;
+    copies.reserve(shards_.size());
+    for (std::size_t shard = 0; shard < shards_.size(); ++shard) {
+        if (shard == 0) {
+            copies.push_back(*env_.shard_metrics[0]);
+            continue;
+        }
+        copies.push_back(co_await asio::co_spawn(
+            *shards_[shard],
+            [this, shard]() -> asio::awaitable<ShardMetrics> { co_return *env_.shard_metrics[shard]; },
+            asio::use_awaitable));
+    }
+    co_return render_metrics(copies, gauges());
+}
+
+// Every 100 ms on each shard: how late the timer fired is how long a ready
+// handler (a heartbeat to read) waits there.
+void Server::tick(std::size_t shard) {
+    auto& timer = *ticks_[shard];
+    timer.expires_after(std::chrono::milliseconds(100));
+    timer.async_wait([this, shard](const asio::error_code& ec) {
+        if (ec) return;  // finish() cancels it
+        const auto late = std::chrono::steady_clock::now() - ticks_[shard]->expiry();
+        env_.shard_metrics[shard]->loop_lag.observe(std::max(0.0, std::chrono::duration<double>(late).count()));
+        tick(shard);
+    });
 }
 
 std::optional<asio::ip::tcp::endpoint> Server::tls_endpoint() const {
@@ -243,6 +324,13 @@ void Server::run(bool handle_signals) {
         asio::co_spawn(hub_context_, accept_unix_loop(),
                        [log = log_](std::exception_ptr e) { log_loop_failure(log, e); });
     }
+#if PULSECHAT_HAVE_HTTP_PARSER
+    if (admin_) {
+        log_->info("listening on {} (admin: /metrics, /healthz, /readyz)", to_string(admin_->local_endpoint()));
+        admin_->start();
+    }
+#endif
+    for (std::size_t shard = 0; shard < shards_.size(); ++shard) post(shard, [this, shard] { tick(shard); });
     if (env_.access != nullptr)
         log_->info("access tokens required: {} loaded from '{}'", access_.token_count(), config_.token_file);
     log_->info("pulsechat {} on {} thread(s); handshake timeout {}, heartbeat interval {}, timeout {}: a dead "
@@ -461,6 +549,10 @@ template <class Stream>
 void Server::launch(Stream stream, std::size_t shard, const std::string& peer, const std::string& address,
                     std::optional<std::pair<ErrorCode, std::string>> rejection, std::shared_ptr<const void> hold,
                     const char* transport) {
+    const Transport kind = std::string_view(transport) == "tls"    ? Transport::tls
+                           : std::string_view(transport) == "unix" ? Transport::unix_socket
+                                                                   : Transport::tcp;
+    ++env_.shard_metrics[0]->accepted[static_cast<std::size_t>(kind)];  // on the hub shard, where accepts run
     const std::uint64_t id = next_session_id_++;
     if (shutting_down_) {
         rejection.emplace(ErrorCode::shutting_down, "server shutting down");
@@ -547,12 +639,16 @@ void Server::finish() {
     asio::error_code ignored;
     signals_.cancel(ignored);
     close_listeners();
+#if PULSECHAT_HAVE_HTTP_PARSER
+    if (admin_) admin_->close();  // it answered 503 on /readyz through the drain
+#endif
     remove_unix_socket();
     // Without work guards every io_context returns from run() once the sessions
     // closed here have finished their coroutines.
     for (auto& w : work_) w.reset();
     for (std::size_t shard = 0; shard < shards_.size(); ++shard) {
         post(shard, [this, shard] {
+            ticks_[shard]->cancel();
             auto sessions = live_[shard];
             for (auto& [id, weak] : sessions)
                 if (auto s = weak.lock()) s->abort("server shut down");

@@ -31,11 +31,12 @@ PresenceEvent presence_for(ErrorCode code) {
 }  // namespace
 
 SessionCore::SessionCore(const ServerConfig& config, SessionHost& host, SessionCounters& counters,
-                         spdlog::logger& log, std::uint64_t id, const std::string& peer,
+                         ShardMetrics& metrics, spdlog::logger& log, std::uint64_t id, const std::string& peer,
                          const std::string& server_version)
     : config_(config),
       host_(host),
       counters_(counters),
+      metrics_(metrics),
       log_(log),
       id_(id),
       peer_(peer),
@@ -59,11 +60,15 @@ void SessionCore::transport_ready() {
     actions_ |= act_write | act_replan;  // a rejection may be queued already
 }
 
-void SessionCore::transport_failed(const std::string& why) { stop(PresenceEvent::disconnected, why); }
+void SessionCore::transport_failed(const std::string& why, bool timed_out) {
+    note_cause(timed_out ? CloseCause::handshake_timeout : CloseCause::connection_error);
+    stop(PresenceEvent::disconnected, why);
+}
 
 void SessionCore::on_frame(Message& message, Clock::time_point now) noexcept {
     if (closed()) return;
     if (closing()) return;  // draining: input is dropped so it never turns the close into a reset
+    ++metrics_.frames_in;
     if (hello_seen_) rx_deadline_ = now + config_.heartbeat_timeout;
     // A handler that throws is a bug; it ends this session, never the server.
     try {
@@ -78,6 +83,7 @@ void SessionCore::on_frame(Message& message, Clock::time_point now) noexcept {
 void SessionCore::report_bug(const char* what, Clock::time_point now) noexcept {
     try {
         counters_.bugs.fetch_add(1, std::memory_order_relaxed);
+        note_cause(CloseCause::internal);
         log_.error("session {} {}: bug: a handler threw: {}; closing the session", id_, peer_, what);
         close_with_error(ErrorCode::internal, "internal error", now);
     } catch (...) {
@@ -111,6 +117,7 @@ void SessionCore::on_peer_eof(bool mid_frame, Clock::time_point now) {
         if (state_ == SessionState::lingering) stop(close_event_, close_reason_);
         return;
     }
+    note_cause(CloseCause::peer_closed);
     stop(PresenceEvent::disconnected, "connection closed by peer");
 }
 
@@ -123,6 +130,7 @@ void SessionCore::on_read_failed(const std::string& reason, bool tls) {
         stop(close_event_, close_reason_);
         return;
     }
+    note_cause(CloseCause::connection_error);
     stop(PresenceEvent::disconnected, reason);
 }
 
@@ -137,6 +145,7 @@ void SessionCore::on_timer(Clock::time_point now) {
                 // the server is behind (a join storm, a paused reader). Read it
                 // instead of expiring a live peer.
                 counters_.expiries_averted.fetch_add(1, std::memory_order_relaxed);
+                ++metrics_.expiries_averted;
                 // Once per session: an overloaded server would otherwise log a
                 // line per session per interval.
                 if (!averted_logged_)
@@ -272,7 +281,7 @@ void SessionCore::on_request(const Message& frame, Clock::time_point now) {
         log_.info("session {} {} '{}': join '{}'", id_, peer_, nick_, join->room.view());
     else if (const auto* leave = std::get_if<LeaveRequest>(&request))
         log_.info("session {} {} '{}': leave '{}'", id_, peer_, nick_, leave->room.view());
-    else if (const auto* say = std::get_if<SayRequest>(&request))
+    else if (const auto* say = std::get_if<SayRequest>(&request); say != nullptr && log_.should_log(spdlog::level::debug))
         log_.debug("session {} '{}' in '{}': {}", id_, nick_, say->room.view(), log_safe(say->text));
     host_.submit(request);
 }
@@ -283,6 +292,7 @@ bool SessionCore::admit(Clock::time_point now) {
         rate_strikes_ = 0;
         return true;
     }
+    ++metrics_.rate_limited;
     if (++rate_strikes_ >= config_.rate_strikes) {
         log_.warn("session {} {} '{}': disconnected for flooding ({} refused messages in a row)", id_, peer_, nick_,
                   rate_strikes_);
@@ -298,6 +308,7 @@ void SessionCore::on_bye(const Bye& bye, Clock::time_point now) {
     log_.info("session {} {} '{}': said BYE: {}", id_, peer_, nick_, log_safe(bye.reason));
     // The receiver of a BYE sends nothing more (PROTOCOL.md section 10): what
     // is queued is dropped, the connection closes.
+    note_cause(CloseCause::client_quit);
     drop_queued();
     begin_close(PresenceEvent::disconnected, bye.reason.empty() ? std::string("quit") : "quit: " + clip_reason(bye.reason),
                 config_.write_timeout, now);
@@ -314,6 +325,7 @@ bool SessionCore::deliver(const SharedFrame& frame) {
     queued_bytes_ += frame->size();
     note_peak();
     queue_.push_back(frame);
+    ++metrics_.deliveries;
     actions_ |= act_write;
     return true;
 }
@@ -350,12 +362,14 @@ void SessionCore::close_with_error(ErrorCode code, const std::string& reason, Cl
     // Before HELLO a connection is anyone's: its end goes into the per-second summary.
     log_.log(hello_seen_ ? spdlog::level::info : spdlog::level::debug, "session {} {}: closing: {} ({})", id_, peer_,
              log_safe(reason), to_string(code));
+    note_cause(close_cause_for(code));
     send_control(make_frame(make_error(code, reason, true)));
     begin_close(presence_for(code), reason, config_.write_timeout, now);
 }
 
 void SessionCore::shutdown(const std::string& reason, Clock::time_point now) {
     if (state_ >= SessionState::draining) return;
+    note_cause(CloseCause::shutdown);
     if (state_ == SessionState::connecting) {
         // A TLS handshake still going: nothing was promised to this peer, so
         // it does not hold up the drain.
@@ -371,7 +385,10 @@ void SessionCore::shutdown(const std::string& reason, Clock::time_point now) {
     begin_close(PresenceEvent::disconnected, reason, config_.write_timeout, now);
 }
 
-void SessionCore::abort(const std::string& reason) { stop(PresenceEvent::disconnected, reason); }
+void SessionCore::abort(const std::string& reason, CloseCause cause) {
+    note_cause(cause);
+    stop(PresenceEvent::disconnected, reason);
+}
 
 // --- writing ---
 
@@ -403,7 +420,10 @@ void SessionCore::batch_written(Clock::time_point now) {
         actions_ |= act_release | act_trim;
 }
 
-void SessionCore::on_write_failed(const std::string& reason) { stop(PresenceEvent::disconnected, reason); }
+void SessionCore::on_write_failed(const std::string& reason) {
+    note_cause(CloseCause::connection_error);
+    stop(PresenceEvent::disconnected, reason);
+}
 
 void SessionCore::half_closed(Clock::time_point now) {
     if (state_ != SessionState::draining) return;
@@ -446,6 +466,7 @@ void SessionCore::protocol_violation(ErrorCode code, const std::string& reason, 
 void SessionCore::slow_consumer(const std::string& why, Clock::time_point now) {
     if (closed()) return;
     log_.warn("session {} {} '{}': slow consumer: {}", id_, peer_, nick_, why);
+    note_cause(CloseCause::slow_consumer);
     // The ERROR jumps the queue, but the peer is not reading, so it gets a
     // short grace only; the queued room traffic is dropped here, which is what
     // keeps server memory bounded.
@@ -462,6 +483,11 @@ void SessionCore::slow_consumer(const std::string& why, Clock::time_point now) {
 void SessionCore::heartbeat_timeout(Clock::time_point now) {
     log_.warn("session {} {} '{}': heartbeat timeout: nothing received for {}", id_, peer_, nick_,
               format_duration(config_.heartbeat_timeout));
+    note_cause(CloseCause::heartbeat_timeout);
+    // From its last frame (the deadline is always a timeout after it; after
+    // an averted expiry, from that moment) to now.
+    metrics_.detection.observe(
+        std::chrono::duration<double>(now - (rx_deadline_ - config_.heartbeat_timeout)).count());
     // The peer is presumably dead: its rooms hear of it now; the ERROR gets a
     // short grace to go out, no more.
     leave_hub(PresenceEvent::timed_out, "heartbeat timeout");
@@ -532,6 +558,7 @@ void SessionCore::leave_hub(PresenceEvent event, const std::string& reason) {
 void SessionCore::stop(PresenceEvent event, const std::string& reason) {
     if (closed()) return;
     state_ = SessionState::closed;
+    ++metrics_.closed[static_cast<std::size_t>(cause_)];
     if (!hello_seen_) counters_.ended_before_hello.fetch_add(1, std::memory_order_relaxed);
     log_.log(hello_seen_ ? spdlog::level::info : spdlog::level::debug, "{}: disconnected: {}", who(),
              log_safe(reason));

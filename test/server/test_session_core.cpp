@@ -60,7 +60,7 @@ ServerConfig test_config() {
 
 struct Fixture {
     explicit Fixture(ServerConfig c = test_config()) : cfg(std::move(c)) {
-        core = std::make_unique<SessionCore>(cfg, host, counters, *log, 7, peer, version);
+        core = std::make_unique<SessionCore>(cfg, host, counters, metrics, *log, 7, peer, version);
     }
 
     // Starts a session that is ready to read (TCP).
@@ -99,6 +99,7 @@ struct Fixture {
     ServerConfig cfg;
     FakeHost host;
     SessionCounters counters;
+    ShardMetrics metrics;
     std::shared_ptr<spdlog::logger> log =
         std::make_shared<spdlog::logger>("session-core-test", std::make_shared<spdlog::sinks::null_sink_mt>());
     std::string peer = "127.0.0.1:5555";

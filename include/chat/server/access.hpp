@@ -57,6 +57,13 @@ public:
     // Nothing when `token` is one of the secrets and `address` is not locked out.
     std::optional<AuthRefusal> check(std::string_view token, const std::string& address,
                                      Clock::time_point now = Clock::now());
+    // Refusals since the start (a wrong or missing token, or a locked-out
+    // address), and lockouts begun.
+    struct Stats {
+        std::uint64_t failures = 0;
+        std::uint64_t lockouts = 0;
+    };
+    Stats stats() const;
 
 private:
     struct Failures {
@@ -74,6 +81,7 @@ private:
     bool enabled_ = false;
     std::unordered_map<std::string, Failures> failures_;
     std::uint64_t checks_ = 0;
+    Stats stats_;
 };
 
 }  // namespace chat

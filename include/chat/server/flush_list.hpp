@@ -23,6 +23,8 @@
 #include <asio/any_io_executor.hpp>
 #include <asio/steady_timer.hpp>
 
+#include "chat/server/metrics.hpp"
+
 namespace chat {
 
 class Flushable {
@@ -37,7 +39,11 @@ public:
     // Sessions written between two turns of the event loop.
     static constexpr std::size_t chunk = 32;
 
-    explicit FlushList(asio::any_io_executor executor) : executor_(std::move(executor)) {}
+    // `latency`, if given, gets for every pass the time from the first add
+    // that made it due to its start: how long the oldest frame of the pass
+    // waited for its write (one clock read per pass, none per session).
+    explicit FlushList(asio::any_io_executor executor, Histogram* latency = nullptr)
+        : executor_(std::move(executor)), latency_(latency) {}
     FlushList(const FlushList&) = delete;
     FlushList& operator=(const FlushList&) = delete;
 
@@ -57,6 +63,8 @@ private:
     asio::steady_timer timer_{executor_};
     std::deque<std::pair<std::chrono::steady_clock::time_point, std::shared_ptr<Flushable>>> later_;
     bool timer_armed_ = false;
+    Histogram* latency_;
+    std::chrono::steady_clock::time_point pending_since_{};  // the first add into an empty pending_
     std::vector<std::shared_ptr<Flushable>> pending_;
     std::vector<std::shared_ptr<Flushable>> running_;  // the pass under way
     std::size_t next_ = 0;                              // running_[next_] is written next

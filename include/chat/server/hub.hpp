@@ -61,6 +61,16 @@ public:
     std::size_t session_count() const noexcept { return sessions_.size(); }
     std::size_t nick_count() const noexcept { return nicks_.size(); }
     std::size_t room_count() const noexcept { return rooms_.size(); }
+    // Room memberships summed over the rooms (a scrape walks the rooms once).
+    std::size_t member_count() const noexcept;
+    // What the hub counted since the start (plain integers: the hub's shard only).
+    struct Stats {
+        std::uint64_t published = 0;      // SAYs and WHISPERs accepted
+        std::uint64_t resumes_full = 0;   // JOIN with resume: every missed message replayed
+        std::uint64_t resumes_gap = 0;    // ...some were gone (or over the replay budget)
+        std::uint64_t resumes_epoch = 0;  // ...the room's epoch changed
+    };
+    const Stats& stats() const noexcept { return stats_; }
     const Room* find_room(std::string_view name) const;
     // The session holding `nick`, if any.
     std::optional<std::uint64_t> holder_of(std::string_view nick) const;
@@ -120,6 +130,7 @@ private:
     std::unordered_map<std::uint64_t, SessionRecord> sessions_;
     std::unordered_map<std::string, std::uint64_t, StringHash, std::equal_to<>> nicks_;
     std::map<std::string, std::unique_ptr<Room>, std::less<>> rooms_;
+    Stats stats_;
 };
 
 }  // namespace chat

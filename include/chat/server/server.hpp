@@ -15,6 +15,8 @@
 #include <asio.hpp>
 
 #include "chat/server/access.hpp"
+#include "chat/server/admin_http.hpp"
+#include "chat/server/metrics.hpp"
 #include "chat/server/broker.hpp"
 #include "chat/server/server_config.hpp"
 #include "chat/server/hub.hpp"
@@ -41,6 +43,11 @@ public:
     std::vector<asio::ip::tcp::endpoint> listen();
     // After listen(): the TLS listener's endpoint, if there is one.
     std::optional<asio::ip::tcp::endpoint> tls_endpoint() const;
+    // After listen(): the admin listener's endpoint (--admin-port), if there is one.
+    std::optional<asio::ip::tcp::endpoint> admin_endpoint() const;
+
+    // On the hub shard: every shard's counts and the hub's, as /metrics shows them.
+    asio::awaitable<std::string> scrape();
 
     // Thread-safe: loads the certificate, key and token file again (SIGHUP
     // does this). Open sessions stay up; a file that fails to load is logged
@@ -98,6 +105,8 @@ private:
     void wait_for_signal();
     void run_shard(std::size_t shard);
     void summarize_connections();
+    void tick(std::size_t shard);
+    ServerGauges gauges() const;
 
     ServerConfig config_;
     std::vector<std::unique_ptr<asio::io_context>> shards_;
@@ -120,6 +129,12 @@ private:
     asio::signal_set signals_;
     asio::steady_timer drain_timer_;
     asio::steady_timer summary_timer_;
+    // Per shard: the 100 ms tick whose lateness is the event-loop lag.
+    std::vector<std::unique_ptr<asio::steady_timer>> ticks_;
+#if PULSECHAT_HAVE_HTTP_PARSER
+    std::unique_ptr<AdminListener> admin_;
+#endif
+    double start_time_ = 0;
 
     // Per shard, the sessions it owns; each map is touched only on its shard.
     std::vector<std::unordered_map<std::uint64_t, std::weak_ptr<SessionBase>>> live_;

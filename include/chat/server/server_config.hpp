@@ -32,6 +32,9 @@ struct ServerConfig {
     // TLS: how long a busy session's small write may wait to share a record
     // with what comes next (Session::defer_tls_write); 0 writes at once.
     Duration tls_coalesce{1};
+    // The admin HTTP listener (/metrics, /healthz, /readyz); off without a port.
+    std::optional<std::uint16_t> admin_port;
+    std::string admin_bind = "127.0.0.1";
     Duration drain_timeout{5'000};
 
     std::optional<TcpKeepalive> tcp_keepalive;

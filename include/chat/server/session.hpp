@@ -74,7 +74,7 @@ public:
           shard_(shard),
           peer_(std::move(peer)),
           env_(env),
-          core_(env.config, *this, env.counters, *env.log, id, peer_, env.server_version),
+          core_(env.config, *this, env.counters, *env.shard_metrics[shard], *env.log, id, peer_, env.server_version),
           decoder_(max_frame_before_hello),
           watchdog_(stream_.get_executor()) {}
 
@@ -304,7 +304,7 @@ private:
                                                   format_duration(env_.config.handshake_timeout)
                                             : "TLS handshake failed: " + describe_tls_failure(ec, stream_.native_handle());
                 env_.log->warn("session {} {}: {}", id_, peer_, why);
-                core_.transport_failed(why);
+                core_.transport_failed(why, handshake_timed_out_);
                 apply();
                 co_return false;
             }
@@ -386,7 +386,10 @@ private:
                     if (ec == asio::error::would_block || ec == asio::error::try_again) continue;
                 }
                 if (!ec && n == 0) continue;
-                if (!ec) decoder_.feed(scratch.first(n));
+                if (!ec) {
+                    env_.shard_metrics[shard_]->bytes_in += n;
+                    decoder_.feed(scratch.first(n));
+                }
             }
             if (ec == asio::error::eof) {
                 core_.on_peer_eof(decoder_.buffered() > 0, Clock::now());
@@ -605,7 +608,13 @@ private:
                     const auto sent =
                         stream_.write(tls_out_->data.get() + tls_out_sent_, tls_out_->size - tls_out_sent_);
                     switch (sent.status) {
-                    case TlsSocket::Status::done: tls_out_sent_ += sent.bytes; continue;
+                    case TlsSocket::Status::done: {
+                        auto& metrics = *env_.shard_metrics[shard_];
+                        ++metrics.writes;
+                        metrics.bytes_out += sent.bytes;
+                        tls_out_sent_ += sent.bytes;
+                        continue;
+                    }
                     case TlsSocket::Status::want_write: return WriteResult::would_block;
                     case TlsSocket::Status::want_read:
                         // Only a renegotiation would; it is off (restrict_versions).
@@ -670,6 +679,9 @@ private:
                 ec = asio::error_code(errno, asio::error::get_system_category());
                 return WriteResult::failed;
             }
+            auto& metrics = *env_.shard_metrics[shard_];
+            ++metrics.writes;
+            metrics.bytes_out += static_cast<std::size_t>(sent);
             for (auto left = static_cast<std::size_t>(sent); left > 0;) {
                 const std::size_t rest = batch[sent_index_]->size() - sent_offset_;
                 if (left >= rest) {
@@ -719,7 +731,7 @@ private:
                                } catch (const std::exception& ex) {
                                    self->env_.log->error("session {} {}: bug: {}", self->id_, self->peer_, ex.what());
                                }
-                               self->core_.abort("internal error");
+                               self->core_.abort("internal error", CloseCause::internal);
                                self->apply();
                            }
                            self->task_done();
@@ -729,8 +741,16 @@ private:
     // The server forgets the session once its last task (reader, writer, or a
     // pending timer wait) has ended.
     void task_done() {
-        if (--tasks_ == 0) env_.on_finished(id_);
+        if (--tasks_ == 0) {
+            ++env_.shard_metrics[shard_]->finished[static_cast<std::size_t>(transport)];
+            env_.on_finished(id_);
+        }
     }
+
+    static constexpr Transport transport = is_tls ? Transport::tls
+                                           : std::is_same_v<Stream, asio::local::stream_protocol::socket>
+                                               ? Transport::unix_socket
+                                               : Transport::tcp;
 
     // Members only TLS uses take no room in the other sessions.
     struct Nothing {};

@@ -24,6 +24,7 @@
 #include "chat/proto/names.hpp"
 #include "chat/proto/protocol.hpp"
 #include "chat/proto/request.hpp"
+#include "chat/server/metrics.hpp"
 #include "chat/server/access.hpp"
 #include "chat/server/participant.hpp"
 #include "chat/server/rate_limiter.hpp"
@@ -102,8 +103,9 @@ public:
     };
 
     // `peer` and `server_version` must outlive the core.
-    SessionCore(const ServerConfig& config, SessionHost& host, SessionCounters& counters, spdlog::logger& log,
-                std::uint64_t id, const std::string& peer, const std::string& server_version);
+    // `metrics` is the session's shard's: only that thread calls the core.
+    SessionCore(const ServerConfig& config, SessionHost& host, SessionCounters& counters, ShardMetrics& metrics,
+                spdlog::logger& log, std::uint64_t id, const std::string& peer, const std::string& server_version);
 
     // --- the transport's events ---
 
@@ -113,7 +115,7 @@ public:
     // The transport's handshake is done (at once for TCP and Unix sockets).
     void transport_ready();
     // The transport's handshake failed or took too long: the session ends.
-    void transport_failed(const std::string& why);
+    void transport_failed(const std::string& why, bool timed_out = false);
     // One decoded frame. Whole frames push the heartbeat deadline, stray bytes do not.
     void on_frame(Message& message, Clock::time_point now) noexcept;
     // The decoder refused the input (`type`: the frame type it was reading).
@@ -137,7 +139,7 @@ public:
     // Server shutdown: what is queued, then BYE, then the close.
     void shutdown(const std::string& reason, Clock::time_point now);
     // Close now, queued or not.
-    void abort(const std::string& reason);
+    void abort(const std::string& reason, CloseCause cause = CloseCause::shutdown);
 
     // --- writing ---
 
@@ -209,11 +211,17 @@ private:
     void begin_close(PresenceEvent event, const std::string& reason, Duration grace, Clock::time_point now);
     void leave_hub(PresenceEvent event, const std::string& reason);
     void stop(PresenceEvent event, const std::string& reason);
+    // The first reason a close had wins: what sessions_closed_total counts.
+    void note_cause(CloseCause cause) noexcept {
+        if (!cause_set_) cause_ = cause;
+        cause_set_ = true;
+    }
     std::string who() const;  // "session 7 1.2.3.4:5 'alice'" for the log
 
     const ServerConfig& config_;
     SessionHost& host_;
     SessionCounters& counters_;
+    ShardMetrics& metrics_;
     spdlog::logger& log_;
     const std::uint64_t id_;
     const std::string& peer_;
@@ -227,6 +235,8 @@ private:
     bool left_hub_ = false;
     bool averted_logged_ = false;  // once per session
     bool writing_ = false;         // a batch is in flight
+    bool cause_set_ = false;
+    CloseCause cause_ = CloseCause::connection_error;
 
     std::string nick_;
     RateLimiter limiter_;

@@ -17,6 +17,7 @@
 #include "chat/server/flush_list.hpp"
 #include "chat/server/hub.hpp"
 #include "chat/server/hub_gate.hpp"
+#include "chat/server/metrics.hpp"
 #include "chat/server/server_config.hpp"
 #include "chat/server/session_core.hpp"
 
@@ -43,6 +44,8 @@ struct SessionEnv {
 
     // What the sessions count, for logs, tests and metrics.
     SessionCounters counters{};
+    // One per shard: its counts for /metrics, written on that shard only.
+    std::vector<std::unique_ptr<ShardMetrics>> shard_metrics{};
 };
 
 }  // namespace chat

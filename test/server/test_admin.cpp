@@ -1,0 +1,324 @@
+// The admin listener: HttpRequestReader without sockets, then /metrics,
+// /healthz and /readyz of a live server, with counters checked against what
+// the test did to it.
+#include <doctest/doctest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <regex>
+#include <string>
+
+#include <unistd.h>
+
+#include "utils/live.hpp"
+
+#if PULSECHAT_HAVE_HTTP_PARSER
+
+#include "chat/server/admin_http.hpp"
+
+using namespace chat;
+using namespace chat::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+HttpRequestReader::Status feed_all(HttpRequestReader& reader, std::string& buffer) {
+    std::size_t consumed = 0;
+    const auto status = reader.feed(buffer, consumed);
+    buffer.erase(0, consumed);
+    return status;
+}
+
+struct HttpReply {
+    int status = 0;
+    std::string headers;
+    std::string body;
+};
+
+// One request on a fresh connection ("Connection: close"), read to EOF.
+HttpReply http_get(std::uint16_t port, const std::string& path, const std::string& raw = {}) {
+    asio::io_context io;
+    asio::ip::tcp::socket socket(io);
+    socket.connect({asio::ip::make_address("127.0.0.1"), port});
+    const std::string request =
+        raw.empty() ? "GET " + path + " HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n" : raw;
+    asio::write(socket, asio::buffer(request));
+    std::string all;
+    asio::error_code ec;
+    std::array<char, 4096> chunk{};
+    for (;;) {
+        const std::size_t n = socket.read_some(asio::buffer(chunk), ec);
+        if (ec) break;
+        all.append(chunk.data(), n);
+    }
+    HttpReply reply;
+    const auto head_end = all.find("\r\n\r\n");
+    if (all.rfind("HTTP/1.1 ", 0) != 0 || head_end == std::string::npos) return reply;
+    reply.status = std::stoi(all.substr(9, 3));
+    reply.headers = all.substr(0, head_end);
+    reply.body = all.substr(head_end + 4);
+    return reply;
+}
+
+// The value of one sample line ("name{labels} value"), or -1.
+double sample(const std::string& text, const std::string& series) {
+    const auto at = text.find("\n" + series + " ");
+    if (at == std::string::npos) return -1;
+    const auto start = at + 1 + series.size() + 1;
+    return std::stod(text.substr(start, text.find('\n', start) - start));
+}
+
+double scrape(TestServer& server, const std::string& series) {
+    const auto reply = http_get(server.server().admin_endpoint()->port(), "/metrics");
+    REQUIRE(reply.status == 200);
+    return sample(reply.body, series);
+}
+
+ServerConfig admin_config() {
+    ServerConfig cfg = fast_config();
+    cfg.admin_port = 0;
+    return cfg;
+}
+
+}  // namespace
+
+TEST_SUITE("admin") {
+    TEST_CASE("HttpRequestReader: a request, split anywhere, and pipelined ones one at a time") {
+        const std::string two =
+            "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /readyz?probe=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        for (std::size_t step : {std::size_t{1}, std::size_t{7}, two.size()}) {
+            CAPTURE(step);
+            HttpRequestReader reader;
+            std::string buffer;
+            std::vector<HttpRequest> got;
+            for (std::size_t at = 0; at < two.size(); at += step) {
+                buffer += two.substr(at, step);
+                for (;;) {
+                    const auto status = feed_all(reader, buffer);
+                    REQUIRE(status != HttpRequestReader::Status::error);
+                    if (status == HttpRequestReader::Status::need_more) break;
+                    got.push_back(reader.take());
+                }
+            }
+            REQUIRE(got.size() == 2);
+            CHECK(got[0].method == "GET");
+            CHECK(got[0].path() == "/metrics");
+            CHECK(got[0].keep_alive);
+            CHECK(got[1].target == "/readyz?probe=1");
+            CHECK(got[1].path() == "/readyz");
+            CHECK_FALSE(got[1].keep_alive);
+        }
+    }
+
+    TEST_CASE("HttpRequestReader: garbage, an endless head and a long target are errors that say why") {
+        {
+            HttpRequestReader reader;
+            std::string buffer = "HELLO\r\n\r\n";
+            CHECK(feed_all(reader, buffer) == HttpRequestReader::Status::error);
+            CHECK(reader.error().find("malformed request") != std::string::npos);
+        }
+        {
+            HttpRequestReader reader;
+            std::string buffer = "GET / HTTP/1.1\r\n";
+            CHECK(feed_all(reader, buffer) == HttpRequestReader::Status::need_more);
+            HttpRequestReader::Status status = HttpRequestReader::Status::need_more;
+            for (int i = 0; i < 1000 && status == HttpRequestReader::Status::need_more; ++i) {
+                buffer = "X-Filler: " + std::string(40, 'f') + "\r\n";
+                status = feed_all(reader, buffer);
+            }
+            CHECK(status == HttpRequestReader::Status::error);
+            CHECK(reader.error().find("over 8192 bytes") != std::string::npos);
+        }
+        {
+            HttpRequestReader reader;
+            std::string buffer = "GET /" + std::string(HttpRequestReader::max_request + 10, 'a') + " HTTP/1.1\r\n\r\n";
+            CHECK(feed_all(reader, buffer) == HttpRequestReader::Status::error);
+        }
+    }
+
+    TEST_CASE("HttpRequestReader: an Upgrade request is told apart and ends the HTTP part") {
+        HttpRequestReader reader;
+        std::string buffer =
+            "GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n\x81\x05hello";
+        REQUIRE(feed_all(reader, buffer) == HttpRequestReader::Status::request);
+        const auto request = reader.take();
+        CHECK(request.upgrade);
+        CHECK(request.path() == "/chat");
+        CHECK(buffer == "\x81\x05hello");  // the new protocol's bytes stay unread
+    }
+
+    TEST_CASE("/healthz, /readyz, 404, 405 and a 400 that leaves chat sessions alone") {
+        TestServer server(admin_config());
+        const auto port = server.server().admin_endpoint()->port();
+        TestClient alice(server.port());
+        REQUIRE(alice.login("alice"));
+        REQUIRE(alice.join("lobby"));
+
+        CHECK(http_get(port, "/healthz").status == 200);
+        const auto ready = http_get(port, "/readyz");
+        CHECK(ready.status == 200);
+        CHECK(ready.body == "ready\n");
+        CHECK(http_get(port, "/nope").status == 404);
+        CHECK(http_get(port, "", "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").status == 405);
+        const auto bad = http_get(port, "", "BREW /pot HTCPCP/1.0\r\n\r\n");
+        CHECK(bad.status == 400);
+        CHECK(bad.headers.find("Connection: close") != std::string::npos);
+        CHECK(http_get(port, "", "GET /" + std::string(20000, 'a') + " HTTP/1.1\r\n\r\n").status == 400);
+
+        // The chat session did not notice.
+        alice.send(Say{"lobby", "still here"});
+        auto d = alice.read_until<Deliver>(2000ms);
+        REQUIRE(d);
+        CHECK(d->text == "still here");
+    }
+
+    TEST_CASE("a slow admin request gets a 408 and the close; an idle keep-alive connection just closes") {
+        ServerConfig cfg = admin_config();
+        cfg.handshake_timeout = 300ms;  // the admin listener's read timeout too
+        TestServer server(cfg);
+        const auto port = server.server().admin_endpoint()->port();
+        const auto start = Clock::now();
+        const auto slow = http_get(port, "", "GET /metrics HTTP/1.1\r\nHost: x\r\n");  // never finished
+        CHECK(slow.status == 408);
+        CHECK(Clock::now() - start < 3000ms);
+    }
+
+    TEST_CASE("/metrics counts what happened: connections, deliveries, a heartbeat timeout, a slow consumer") {
+        ServerConfig cfg = admin_config();
+        cfg.queue_limit = 64 * 1024;
+        cfg.max_frame = 16 * 1024;
+        cfg.heartbeat_interval = 300ms;
+        cfg.heartbeat_timeout = 1000ms;
+        TestServer server(cfg);
+
+        auto alice = std::make_unique<TestClient>(server.port());
+        REQUIRE(alice->login("alice"));
+        REQUIRE(alice->join("room"));
+        TestClient carol(server.port());
+        REQUIRE(carol.login("carol"));
+        REQUIRE(carol.join("room"));
+        // alice and carol stay alive while the others are let die.
+        const auto alive = [&] {
+            alice->send(Heartbeat{});
+            carol.send(Heartbeat{});
+        };
+        CHECK(scrape(server, "pulsechat_connections_open{transport=\"tcp\"}") == 2);
+        CHECK(scrape(server, "pulsechat_connections_accepted_total{transport=\"tcp\"}") == 2);
+        CHECK(scrape(server, "pulsechat_rooms") == 1);
+        CHECK(scrape(server, "pulsechat_room_members") == 2);
+        CHECK(scrape(server, "pulsechat_sessions") == 2);
+
+        const double deliveries_before = scrape(server, "pulsechat_deliveries_total");
+        alice->send(Say{"room", "one"});
+        REQUIRE(alice->read_until<Deliver>(2000ms));
+        REQUIRE(carol.read_until<Deliver>(2000ms));
+        CHECK(scrape(server, "pulsechat_messages_published_total") == 1);
+        CHECK(scrape(server, "pulsechat_deliveries_total") == deliveries_before + 2);
+
+        // A peer that stops (a frozen process, as far as the server can
+        // tell): one heartbeat timeout, about 1 s after its last frame.
+        {
+            TestClient frozen(server.port());
+            REQUIRE(frozen.login("frozen"));
+            CHECK(TestServer::eventually(
+                [&] {
+                    alive();
+                    return scrape(server, "pulsechat_sessions_closed_total{reason=\"heartbeat_timeout\"}") == 1;
+                },
+                5000ms));
+        }
+        CHECK(scrape(server, "pulsechat_dead_peer_detection_seconds_count") == 1);
+        const double detected_in = scrape(server, "pulsechat_dead_peer_detection_seconds_sum");
+        CHECK(detected_in >= 1.0);
+        CHECK(detected_in < 3.0);
+        CHECK(scrape(server, "pulsechat_dead_peer_detection_seconds_bucket{le=\"0.5\"}") == 0);
+        CHECK(scrape(server, "pulsechat_dead_peer_detection_seconds_bucket{le=\"3\"}") == 1);
+        CHECK(scrape(server, "pulsechat_dead_peer_detection_seconds_bucket{le=\"+Inf\"}") == 1);
+
+        // A member that never reads, with a tiny receive buffer: one slow consumer.
+        auto sleeper = std::make_unique<TestClient>(server.port(), 4096);
+        REQUIRE(sleeper->login("sleeper"));
+        REQUIRE(sleeper->join("room"));
+        const std::string big(15 * 1024, 'z');
+        for (int i = 0; i < 300; ++i) {  // 4.5 MB: far past the queue and every socket buffer
+            alice->send(Say{"room", big});
+            carol.send(Heartbeat{});
+            sleeper->send(Heartbeat{});  // alive, only not reading: not a heartbeat timeout
+            REQUIRE(alice->read_until<Deliver>(3000ms));
+            REQUIRE(carol.read_until<Deliver>(3000ms));
+        }
+        CHECK(TestServer::eventually(
+            [&] {
+                alive();
+                sleeper->send(Heartbeat{});
+                return scrape(server, "pulsechat_sessions_closed_total{reason=\"slow_consumer\"}") == 1;
+            },
+            5000ms));
+        CHECK(scrape(server, "pulsechat_queued_bytes_peak") <= cfg.queue_limit);
+
+        // A BYE is a client_quit.
+        alice->send(Bye{"done"});
+        alice->read_until_closed(2000ms);
+        CHECK(TestServer::eventually([&] {
+            carol.send(Heartbeat{});
+            return scrape(server, "pulsechat_sessions_closed_total{reason=\"client_quit\"}") == 1;
+        }));
+        CHECK(scrape(server, "pulsechat_sessions_closed_total{reason=\"heartbeat_timeout\"}") == 1);
+        CHECK(scrape(server, "pulsechat_sent_bytes_total") > 2 * 300 * 15 * 1024);
+        CHECK(scrape(server, "pulsechat_frames_received_total") >= 300);
+        CHECK(scrape(server, "pulsechat_event_loop_lag_seconds_count{shard=\"0\"}") > 0);
+    }
+
+    TEST_CASE("/readyz answers 503 from the moment a drain begins, while sessions still drain") {
+        ServerConfig cfg = admin_config();
+        cfg.drain_timeout = 3000ms;
+        auto server = std::make_unique<TestServer>(cfg);
+        const auto port = server->server().admin_endpoint()->port();
+        // A client that reads its BYE but never closes: the server lingers
+        // for its EOF, so the drain lasts long enough to look at.
+        TestClient alice(server->port());
+        REQUIRE(alice.login("alice"));
+        CHECK(http_get(port, "/readyz").status == 200);
+        server->server().request_shutdown();
+        REQUIRE(alice.read_until<Bye>(2000ms));
+        const auto during = http_get(port, "/readyz");
+        CHECK(during.status == 503);
+        CHECK(during.body == "draining\n");
+        CHECK(sample(http_get(port, "/metrics").body, "pulsechat_ready") == 0);
+        CHECK(server->server().live_sessions() == 1);  // the drain was not over
+        server.reset();
+    }
+
+    TEST_CASE("/metrics passes promtool check metrics") {
+        if (std::system("command -v promtool >/dev/null 2>&1") != 0) {
+            MESSAGE("promtool is not installed (Debian: prometheus): the format check is not run here");
+            return;
+        }
+        TestServer server(admin_config());
+        TestClient alice(server.port());
+        REQUIRE(alice.login("alice"));
+        REQUIRE(alice.join("lobby"));
+        const auto reply = http_get(server.server().admin_endpoint()->port(), "/metrics");
+        REQUIRE(reply.status == 200);
+        CHECK(reply.headers.find("text/plain; version=0.0.4") != std::string::npos);
+        char path[] = "/tmp/pulsechat_metrics_XXXXXX";
+        const int fd = ::mkstemp(path);
+        REQUIRE(fd >= 0);
+        ::close(fd);
+        std::ofstream(path) << reply.body;
+        const std::string command = std::string("promtool check metrics < ") + path + " > " + path + ".out 2>&1";
+        const int rc = std::system(command.c_str());
+        std::ifstream out(std::string(path) + ".out");
+        const std::string complaints((std::istreambuf_iterator<char>(out)), std::istreambuf_iterator<char>());
+        CAPTURE(complaints);
+        CHECK(rc == 0);
+        CHECK(complaints.empty());  // promtool also lints (names, units, _total): no warning either
+        std::remove(path);
+        std::remove((std::string(path) + ".out").c_str());
+    }
+}
+
+#endif  // PULSECHAT_HAVE_HTTP_PARSER: without it there is no admin listener to test
