@@ -75,6 +75,7 @@ Server::Server(ServerConfig config)
       signals_(hub_context_),
       drain_timer_(hub_context_),
       summary_timer_(hub_context_),
+      watchdog_timer_(hub_context_),
       live_(shards_.size()) {
     start_time_ = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
     for (auto& shard : shards_) {
@@ -348,6 +349,14 @@ void Server::run(bool handle_signals) {
 
     if (handle_signals) catch_signals();
     summarize_connections();
+    // Every listener is bound and its accept loop queued: systemd may send traffic.
+    notifier_.ready(fmt::format("serving; {} listener(s)", acceptors_.size() + (tls_acceptor_ ? 1 : 0) +
+                                                               (unix_acceptor_ ? 1 : 0)));
+    if (notifier_.watchdog_interval()) {
+        log_->info("systemd watchdog on: WATCHDOG=1 every {} from the hub shard",
+                   format_duration(std::chrono::duration_cast<Duration>(*notifier_.watchdog_interval())));
+        pet_watchdog();
+    }
     std::vector<std::thread> threads;
     for (std::size_t i = 1; i < shards_.size(); ++i)
         threads.emplace_back([this, i] {
@@ -603,9 +612,20 @@ void Server::session_finished(std::size_t shard, std::uint64_t id) {
     });
 }
 
+// WATCHDOG=1 from the hub shard's own loop: if it wedges (a handler that
+// never returns), the pings stop and systemd restarts the service.
+void Server::pet_watchdog() {
+    notifier_.watchdog();
+    watchdog_timer_.expires_after(*notifier_.watchdog_interval());
+    watchdog_timer_.async_wait([this](const asio::error_code& ec) {
+        if (!ec) pet_watchdog();
+    });
+}
+
 void Server::begin_shutdown(const std::string& reason) {
     if (shutting_down_) return;
     shutting_down_ = true;
+    notifier_.stopping("draining " + std::to_string(live_sessions_.load()) + " session(s)");
     close_listeners();
     const std::size_t open = live_sessions_.load();
     log_->info("shutting down: {} session(s) open; draining for at most {}", open,
@@ -636,6 +656,7 @@ void Server::finish() {
     finished_ = true;
     drain_timer_.cancel();
     summary_timer_.cancel();
+    watchdog_timer_.cancel();
     asio::error_code ignored;
     signals_.cancel(ignored);
     close_listeners();

@@ -8,9 +8,11 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -330,6 +332,60 @@ TEST_SUITE("chat_server process") {
         CHECK(*status == 0);
     }
 
+    TEST_CASE("under systemd: READY=1 once listening, WATCHDOG=1 from the event loop, STOPPING=1 on SIGTERM") {
+#if PULSECHAT_HAVE_SYSTEMD
+        // What systemd does for Type=notify: a datagram socket in
+        // $NOTIFY_SOCKET, and $WATCHDOG_USEC for WatchdogSec=.
+        const std::string path = "/tmp/pulsechat_notify_" + std::to_string(::getpid());
+        ::unlink(path.c_str());
+        const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        REQUIRE(fd >= 0);
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+        REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+        // The next datagram, within `limit`.
+        const auto next = [fd](std::chrono::milliseconds limit) -> std::optional<std::string> {
+            pollfd p{fd, POLLIN, 0};
+            if (::poll(&p, 1, static_cast<int>(limit.count())) != 1) return std::nullopt;
+            char buf[512];
+            const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+            if (n <= 0) return std::nullopt;
+            return std::string(buf, static_cast<std::size_t>(n));
+        };
+        {
+            ServerProcess server(base_args, {"NOTIFY_SOCKET=" + path, "WATCHDOG_USEC=400000"});
+            REQUIRE(server.port());
+            auto ready = next(3000ms);
+            REQUIRE(ready);
+            CHECK(ready->find("READY=1") != std::string::npos);
+            // Every 200 ms (half of WatchdogSec=0.4s): three in well under 2 s.
+            const auto start = Clock::now();
+            int pets = 0;
+            while (pets < 3 && Clock::now() - start < 2000ms) {
+                auto m = next(1000ms);
+                if (m && *m == "WATCHDOG=1") ++pets;
+            }
+            CHECK(pets == 3);
+            server.signal(SIGTERM);
+            bool stopping = false;
+            for (int i = 0; i < 10 && !stopping; ++i) {
+                auto m = next(1000ms);
+                if (!m) break;
+                stopping = m->find("STOPPING=1") != std::string::npos;
+            }
+            CHECK(stopping);
+            auto status = server.wait_exit(3000ms);
+            REQUIRE(status);
+            CHECK(*status == 0);
+        }
+        ::close(fd);
+        ::unlink(path.c_str());
+#else
+        MESSAGE("built without libsystemd (meson option systemd): nothing to notify");
+#endif
+    }
+
     TEST_CASE("a second signal during the drain exits at once") {
         ServerProcess server(with({"--queue-limit", "16MiB", "--drain-timeout", "10s", "--write-timeout", "10s"}));
         auto port = server.port();
@@ -410,6 +466,9 @@ TEST_SUITE("chat_server process") {
             {"--max-per-ip", "=0"},
             {"--max-rooms-per-session", "=64"},
             {"--log-level", "=info"},
+            {"--admin-port", "/metrics"},
+            {"--admin-bind", "=127.0.0.1"},
+            {"--tls-coalesce", "=1ms"},
             {"--config", "TOML"},
         };
         for (const auto& [name, shown] : options) {

@@ -16,7 +16,9 @@ namespace chat::test {
 
 class ServerProcess : public Subprocess {
 public:
-    explicit ServerProcess(std::vector<std::string> args) : Subprocess(with_program(std::move(args))) {}
+    // `env`: "NAME=value" entries added to the environment.
+    explicit ServerProcess(std::vector<std::string> args, const std::vector<std::string>& env = {})
+        : Subprocess(with_program(std::move(args)), env) {}
 
     // The port from the first "listening on ADDRESS:PORT" line on stdout, or nullopt.
     std::optional<std::uint16_t> port(std::chrono::milliseconds limit = std::chrono::milliseconds(5000)) {

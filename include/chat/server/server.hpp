@@ -17,6 +17,7 @@
 #include "chat/server/access.hpp"
 #include "chat/server/admin_http.hpp"
 #include "chat/server/metrics.hpp"
+#include "chat/server/service_notify.hpp"
 #include "chat/server/broker.hpp"
 #include "chat/server/server_config.hpp"
 #include "chat/server/hub.hpp"
@@ -106,6 +107,7 @@ private:
     void run_shard(std::size_t shard);
     void summarize_connections();
     void tick(std::size_t shard);
+    void pet_watchdog();
     ServerGauges gauges() const;
 
     ServerConfig config_;
@@ -135,6 +137,8 @@ private:
     std::unique_ptr<AdminListener> admin_;
 #endif
     double start_time_ = 0;
+    ServiceNotifier notifier_;
+    asio::steady_timer watchdog_timer_;
 
     // Per shard, the sessions it owns; each map is touched only on its shard.
     std::vector<std::unordered_map<std::uint64_t, std::weak_ptr<SessionBase>>> live_;
