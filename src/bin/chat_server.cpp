@@ -82,6 +82,12 @@ int main(int argc, char** argv) {
     app.add_option("--log-level", cfg.log_level,
                    "trace, debug, info, warn, error, critical or off (overrides SPDLOG_LEVEL)")
         ->capture_default_str();
+    std::string log_format = "text";
+    app.add_option("--log-format", log_format,
+                   "text, or json: one object per line (time, level, session, peer, nick, event, reason, message) "
+                   "for log shippers")
+        ->check(CLI::IsMember({"text", "json"}))
+        ->capture_default_str();
 
     app.add_option_function<std::uint16_t>(
            "--tls-port", [&](std::uint16_t port) { cfg.tls_port = port; },
@@ -152,6 +158,10 @@ int main(int argc, char** argv) {
         std::cerr << "chat_server: " << problem << "\n";
         return 2;
     }
+    if (auto problem = chat::set_log_format(log_format); !problem.empty()) {
+        std::cerr << "chat_server: " << problem << "\n";
+        return 2;
+    }
     // An explicit --log-level wins over SPDLOG_LEVEL; the default does not.
     const bool level_given = app.count("--log-level") > 0;
     if (auto problem = chat::init_logging(level_given ? cfg.log_level : std::string{}); !problem.empty()) {
@@ -168,6 +178,9 @@ int main(int argc, char** argv) {
         if (const auto tls = server.tls_endpoint())
             std::cout << "listening on " << tls->address().to_string() << ":" << tls->port() << " (tls)" << std::endl;
         if (!cfg.unix_path.empty()) std::cout << "listening on unix:" << cfg.unix_path << std::endl;
+        if (const auto admin = server.admin_endpoint())
+            std::cout << "listening on " << admin->address().to_string() << ":" << admin->port() << " (admin)"
+                      << std::endl;
         server.run();
     } catch (const std::system_error& e) {
         std::cerr << "chat_server: cannot listen on " << cfg.bind << ":" << cfg.port << ": " << e.code().message()

@@ -143,6 +143,7 @@ void AdminListener::close() {
     closed_ = true;
     asio::error_code ignored;
     acceptor_.close(ignored);
+    for (auto* socket : connections_) socket->close(ignored);  // their reads end at once
 }
 
 asio::awaitable<void> AdminListener::accept_loop() {
@@ -202,6 +203,8 @@ asio::awaitable<void> AdminListener::serve(asio::ip::tcp::socket socket, std::st
     std::string buffer;
     std::array<char, 4096> chunk{};
     asio::steady_timer deadline(socket.get_executor());
+    if (closed_) co_return;
+    connections_.insert(&socket);
     try {
         for (;;) {
             std::size_t consumed = 0;
@@ -242,6 +245,7 @@ asio::awaitable<void> AdminListener::serve(asio::ip::tcp::socket socket, std::st
     } catch (const std::exception& e) {
         log_->error("admin {}: bug: {}", peer, e.what());
     }
+    connections_.erase(&socket);
     asio::error_code ignored;
     socket.shutdown(asio::socket_base::shutdown_both, ignored);
     socket.close(ignored);

@@ -82,6 +82,7 @@ Server::Server(ServerConfig config)
         work_.push_back(asio::make_work_guard(*shard));
         env_.shard_metrics.push_back(std::make_unique<ShardMetrics>());
         ticks_.push_back(std::make_unique<asio::steady_timer>(*shard));
+        ticks_stopped_.push_back(0);
         env_.flush_lists.push_back(
             std::make_unique<FlushList>(shard->get_executor(), &env_.shard_metrics.back()->flush_latency));
         env_.hub_gates.push_back(std::make_unique<HubGate>(shard->get_executor(), config_.hub_backlog));
@@ -213,7 +214,7 @@ void Server::tick(std::size_t shard) {
     auto& timer = *ticks_[shard];
     timer.expires_after(std::chrono::milliseconds(100));
     timer.async_wait([this, shard](const asio::error_code& ec) {
-        if (ec) return;  // finish() cancels it
+        if (ec || ticks_stopped_[shard]) return;  // finish() stops it
         const auto late = std::chrono::steady_clock::now() - ticks_[shard]->expiry();
         env_.shard_metrics[shard]->loop_lag.observe(std::max(0.0, std::chrono::duration<double>(late).count()));
         tick(shard);
@@ -618,7 +619,7 @@ void Server::pet_watchdog() {
     notifier_.watchdog();
     watchdog_timer_.expires_after(*notifier_.watchdog_interval());
     watchdog_timer_.async_wait([this](const asio::error_code& ec) {
-        if (!ec) pet_watchdog();
+        if (!ec && !finished_) pet_watchdog();  // finished_: the handler may have been queued before the cancel
     });
 }
 
@@ -669,6 +670,7 @@ void Server::finish() {
     for (auto& w : work_) w.reset();
     for (std::size_t shard = 0; shard < shards_.size(); ++shard) {
         post(shard, [this, shard] {
+            ticks_stopped_[shard] = 1;
             ticks_[shard]->cancel();
             auto sessions = live_[shard];
             for (auto& [id, weak] : sessions)

@@ -6,8 +6,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <cctype>
+#include <cstring>
 #include <map>
-#include <regex>
+#include <set>
 #include <string>
 
 #include <unistd.h>
@@ -290,6 +292,55 @@ TEST_SUITE("admin") {
         CHECK(sample(http_get(port, "/metrics").body, "pulsechat_ready") == 0);
         CHECK(server->server().live_sessions() == 1);  // the drain was not over
         server.reset();
+    }
+
+    TEST_CASE("the Grafana dashboard (deploy/) only queries metrics the server has") {
+        const char* source = std::getenv("PULSECHAT_SOURCE_DIR");
+        REQUIRE_MESSAGE(source != nullptr, "meson sets PULSECHAT_SOURCE_DIR");
+        std::ifstream file(std::string(source) + "/deploy/grafana-pulsechat.json");
+        REQUIRE(file);
+        const std::string dashboard((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+        TestServer server(admin_config());
+        const auto metrics = http_get(server.server().admin_endpoint()->port(), "/metrics").body;
+        std::set<std::string> queried;
+        for (std::size_t at = dashboard.find("pulsechat_"); at != std::string::npos;
+             at = dashboard.find("pulsechat_", at + 1)) {
+            std::size_t end = at;
+            while (end < dashboard.size() && (std::isalnum(static_cast<unsigned char>(dashboard[end])) || dashboard[end] == '_'))
+                ++end;
+            std::string name = dashboard.substr(at, end - at);
+            for (const char* suffix : {"_bucket", "_sum", "_count"})
+                if (name.size() > std::strlen(suffix) && name.ends_with(suffix) &&
+                    metrics.find("# TYPE " + name.substr(0, name.size() - std::strlen(suffix)) + " histogram") !=
+                        std::string::npos)
+                    name.resize(name.size() - std::strlen(suffix));
+            queried.insert(name);
+        }
+        CHECK(queried.size() >= 10);
+        for (const auto& name : queried) {
+            CAPTURE(name);
+            CHECK(metrics.find("# TYPE " + name + " ") != std::string::npos);
+        }
+    }
+
+    TEST_CASE("an idle keep-alive admin connection (Prometheus keeps one) does not hold up a shutdown") {
+        ServerConfig cfg = admin_config();
+        cfg.handshake_timeout = 5000ms;  // the admin read timeout: the shutdown must not wait for it
+        auto server = std::make_unique<TestServer>(cfg);
+        asio::io_context io;
+        asio::ip::tcp::socket scraper(io);
+        scraper.connect({asio::ip::make_address("127.0.0.1"), server->server().admin_endpoint()->port()});
+        const std::string request = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";  // keep-alive by default
+        asio::write(scraper, asio::buffer(request));
+        std::array<char, 512> reply{};
+        const std::size_t n = scraper.read_some(asio::buffer(reply));
+        CHECK(std::string_view(reply.data(), n).find("Connection: keep-alive") != std::string_view::npos);
+        const auto start = Clock::now();
+        server.reset();  // request_shutdown() and join
+        CHECK(Clock::now() - start < 2500ms);
+        asio::error_code ec;
+        scraper.read_some(asio::buffer(reply), ec);
+        CHECK(ec);  // closed by the server
     }
 
     TEST_CASE("/metrics passes promtool check metrics") {

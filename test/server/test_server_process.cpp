@@ -386,6 +386,44 @@ TEST_SUITE("chat_server process") {
 #endif
     }
 
+    TEST_CASE("--log-format json: every line is one JSON object, with the session's fields, whatever a client sent") {
+        ServerProcess server(with({"--log-format", "json"}));
+        auto port = server.port();
+        REQUIRE(port);
+        {
+            TestClient eve(*port);
+            REQUIRE(eve.login("eve"));
+            REQUIRE(eve.join("lobby"));
+            // Quotes, a newline and an escape sequence in a string the server logs
+            // (invalid UTF-8 never gets this far: the decoder refuses it).
+            eve.send(Bye{std::string("\"}\n{\"level\":\"fake\x1b[2J")});
+            eve.read_until_closed(2000ms);
+        }
+        server.signal(SIGTERM);
+        REQUIRE(server.wait_exit(3000ms));
+        const std::string log = server.all_stderr();
+        char path[] = "/tmp/pulsechat_jsonlog_XXXXXX";
+        const int fd = ::mkstemp(path);
+        REQUIRE(fd >= 0);
+        ::close(fd);
+        std::ofstream(path) << log;
+        // Python's json module as the independent parser: every line an object
+        // with time, level and message; the BYE line with its session fields.
+        const std::string check = std::string("python3 -c '") +
+                                  "import json,sys\n"
+                                  "lines=[json.loads(l) for l in open(sys.argv[1]) if l.strip()]\n"
+                                  "assert lines and all({\"time\",\"level\",\"message\"} <= set(l) for l in lines)\n"
+                                  "bye=[l for l in lines if l.get(\"event\")==\"said BYE\"]\n"
+                                  "assert len(bye)==1 and bye[0][\"nick\"]==\"eve\" and bye[0][\"session\"]>0 and "
+                                  "bye[0][\"peer\"].startswith(\"127.0.0.1:\"), bye\n"
+                                  "assert any(l[\"message\"].startswith(\"listening on\") for l in lines)\n"
+                                  "' " + path;
+        const int rc = std::system(check.c_str());
+        CAPTURE(log);
+        CHECK(rc == 0);
+        std::remove(path);
+    }
+
     TEST_CASE("a second signal during the drain exits at once") {
         ServerProcess server(with({"--queue-limit", "16MiB", "--drain-timeout", "10s", "--write-timeout", "10s"}));
         auto port = server.port();

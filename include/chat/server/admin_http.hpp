@@ -13,6 +13,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 
@@ -87,7 +88,8 @@ public:
                   std::shared_ptr<spdlog::logger> log, std::chrono::milliseconds read_timeout);
     asio::ip::tcp::endpoint local_endpoint() const { return acceptor_.local_endpoint(); }
     void start();
-    // Stops accepting; connections under way end with their current request.
+    // Stops accepting and closes every connection (a keep-alive one would
+    // otherwise hold the shutdown for its read timeout).
     void close();
 
 private:
@@ -100,6 +102,7 @@ private:
     std::shared_ptr<spdlog::logger> log_;
     std::chrono::milliseconds read_timeout_;
     bool closed_ = false;
+    std::set<asio::ip::tcp::socket*> connections_;  // being served; hub shard only
 };
 
 // An HTTP/1.1 response with Content-Length and the Connection header.

@@ -133,6 +133,9 @@ private:
     asio::steady_timer summary_timer_;
     // Per shard: the 100 ms tick whose lateness is the event-loop lag.
     std::vector<std::unique_ptr<asio::steady_timer>> ticks_;
+    // Per shard, set on that shard by finish(): a tick whose handler was
+    // already queued when the timer was cancelled must not set it again.
+    std::vector<char> ticks_stopped_;
 #if PULSECHAT_HAVE_HTTP_PARSER
     std::unique_ptr<AdminListener> admin_;
 #endif
