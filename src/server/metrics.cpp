@@ -78,6 +78,7 @@ void ShardMetrics::add(const ShardMetrics& other) noexcept {
     deliveries += other.deliveries;
     rate_limited += other.rate_limited;
     expiries_averted += other.expiries_averted;
+    queued_bytes += other.queued_bytes;
     detection.add(other.detection);
     loop_lag.add(other.loop_lag);
     flush_latency.add(other.flush_latency);
@@ -173,6 +174,8 @@ std::string render_metrics(const std::vector<ShardMetrics>& shards, const Server
            g.auth_failures);
     scalar(out, "pulsechat_auth_lockouts_total", "counter", "Addresses locked out after repeated auth failures.",
            g.lockouts);
+    scalar(out, "pulsechat_queued_bytes", "gauge",
+           "Bytes held for peers now (queued and being written), summed over sessions.", total.queued_bytes);
     scalar(out, "pulsechat_queued_bytes_peak", "gauge",
            "The most bytes one session has held for its peer at once since the start (--queue-limit bounds it).",
            g.queued_bytes_peak);

@@ -193,16 +193,23 @@ asio::awaitable<std::string> Server::scrape() {
     // Each shard copies its own counts on its own thread: nothing on the
     // per-message path is shared or locked. The hub's come first, so that a
     // session accepted there is counted before its end on another shard.
+    // The queued bytes are summed over the shard's sessions right there: a
+    // walk per scrape rather than bookkeeping per message.
+    const auto copy = [this](std::size_t shard) {
+        ShardMetrics m = *env_.shard_metrics[shard];
+        for (const auto& [id, weak] : live_[shard])
+            if (auto s = weak.lock()) m.queued_bytes += s->queued_bytes();
+        return m;
+    };
     std::vector<ShardMetrics> copies;
     copies.reserve(shards_.size());
     for (std::size_t shard = 0; shard < shards_.size(); ++shard) {
         if (shard == 0) {
-            copies.push_back(*env_.shard_metrics[0]);
+            copies.push_back(copy(0));
             continue;
         }
         copies.push_back(co_await asio::co_spawn(
-            *shards_[shard],
-            [this, shard]() -> asio::awaitable<ShardMetrics> { co_return *env_.shard_metrics[shard]; },
+            *shards_[shard], [&copy, shard]() -> asio::awaitable<ShardMetrics> { co_return copy(shard); },
             asio::use_awaitable));
     }
     co_return render_metrics(copies, gauges());

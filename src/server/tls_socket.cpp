@@ -68,48 +68,37 @@ TlsSocket::Result TlsSocket::outcome(int ret, int saved_errno) {
     }
 }
 
-// Each call starts with an empty error queue (it is per thread, and shared by
-// every session on it) and reads errno at once, before anything can change it.
-TlsSocket::Result TlsSocket::handshake() {
+// One OpenSSL call: it starts with an empty error queue (the queue is per
+// thread, and shared by every session on it) and errno is read at once,
+// before anything can change it. `succeeded(ret)` says which returns are done.
+template <class Call, class Succeeded>
+TlsSocket::Result TlsSocket::step(Call call, Succeeded succeeded, std::size_t* bytes) {
     if (failed_) return {Status::failed, 0, asio::error::broken_pipe};
     ERR_clear_error();
     errno = 0;
-    const int ret = SSL_do_handshake(ssl_);
+    const int ret = call();
     const int saved_errno = errno;
-    if (ret == 1) return {Status::done};
+    if (succeeded(ret)) return {Status::done, bytes != nullptr ? *bytes : 0};
     return outcome(ret, saved_errno);
+}
+
+TlsSocket::Result TlsSocket::handshake() {
+    return step([this] { return SSL_do_handshake(ssl_); }, [](int ret) { return ret == 1; }, nullptr);
 }
 
 TlsSocket::Result TlsSocket::read(void* data, std::size_t size) {
-    if (failed_) return {Status::failed, 0, asio::error::broken_pipe};
-    ERR_clear_error();
-    errno = 0;
     std::size_t n = 0;
-    const int ret = SSL_read_ex(ssl_, data, size, &n);
-    const int saved_errno = errno;
-    if (ret == 1) return {Status::done, n};
-    return outcome(ret, saved_errno);
+    return step([&] { return SSL_read_ex(ssl_, data, size, &n); }, [](int ret) { return ret == 1; }, &n);
 }
 
 TlsSocket::Result TlsSocket::write(const void* data, std::size_t size) {
-    if (failed_) return {Status::failed, 0, asio::error::broken_pipe};
-    ERR_clear_error();
-    errno = 0;
     std::size_t n = 0;
-    const int ret = SSL_write_ex(ssl_, data, size, &n);
-    const int saved_errno = errno;
-    if (ret == 1) return {Status::done, n};
-    return outcome(ret, saved_errno);
+    return step([&] { return SSL_write_ex(ssl_, data, size, &n); }, [](int ret) { return ret == 1; }, &n);
 }
 
 TlsSocket::Result TlsSocket::shutdown() {
-    if (failed_) return {Status::failed, 0, asio::error::broken_pipe};
-    ERR_clear_error();
-    errno = 0;
-    const int ret = SSL_shutdown(ssl_);
-    const int saved_errno = errno;
-    if (ret >= 0) return {Status::done};  // 0: ours is sent; 1: theirs came too
-    return outcome(ret, saved_errno);
+    // 0: ours is sent; 1: theirs came too.
+    return step([this] { return SSL_shutdown(ssl_); }, [](int ret) { return ret >= 0; }, nullptr);
 }
 
 bool TlsSocket::has_pending() const noexcept { return ssl_ != nullptr && SSL_has_pending(ssl_) == 1; }

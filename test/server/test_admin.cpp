@@ -3,6 +3,7 @@
 // the test did to it.
 #include <doctest/doctest.h>
 
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -15,6 +16,7 @@
 #include <unistd.h>
 
 #include "utils/live.hpp"
+#include "utils/subprocess.hpp"
 
 #if PULSECHAT_HAVE_HTTP_PARSER
 
@@ -76,6 +78,19 @@ double scrape(TestServer& server, const std::string& series) {
     const auto reply = http_get(server.server().admin_endpoint()->port(), "/metrics");
     REQUIRE(reply.status == 200);
     return sample(reply.body, series);
+}
+
+// One heartbeat timeout in the detection histogram, found between `least`
+// and `most` seconds after the peer's last frame.
+void check_one_detection(TestServer& server, double least, double most, const char* bucket_at_most) {
+    CHECK(scrape(server, "pulsechat_dead_peer_detection_seconds_count") == 1);
+    const double detected_in = scrape(server, "pulsechat_dead_peer_detection_seconds_sum");
+    CHECK(detected_in >= least);
+    CHECK(detected_in < most);
+    CHECK(scrape(server, "pulsechat_dead_peer_detection_seconds_bucket{le=\"0.5\"}") == 0);
+    CHECK(scrape(server, std::string("pulsechat_dead_peer_detection_seconds_bucket{le=\"") + bucket_at_most + "\"}") ==
+          1);
+    CHECK(scrape(server, "pulsechat_dead_peer_detection_seconds_bucket{le=\"+Inf\"}") == 1);
 }
 
 ServerConfig admin_config() {
@@ -232,13 +247,7 @@ TEST_SUITE("admin") {
                 },
                 5000ms));
         }
-        CHECK(scrape(server, "pulsechat_dead_peer_detection_seconds_count") == 1);
-        const double detected_in = scrape(server, "pulsechat_dead_peer_detection_seconds_sum");
-        CHECK(detected_in >= 1.0);
-        CHECK(detected_in < 3.0);
-        CHECK(scrape(server, "pulsechat_dead_peer_detection_seconds_bucket{le=\"0.5\"}") == 0);
-        CHECK(scrape(server, "pulsechat_dead_peer_detection_seconds_bucket{le=\"3\"}") == 1);
-        CHECK(scrape(server, "pulsechat_dead_peer_detection_seconds_bucket{le=\"+Inf\"}") == 1);
+        check_one_detection(server, 1.0, 3.0, "3");
 
         // A member that never reads, with a tiny receive buffer: one slow consumer.
         auto sleeper = std::make_unique<TestClient>(server.port(), 4096);
@@ -272,6 +281,59 @@ TEST_SUITE("admin") {
         CHECK(scrape(server, "pulsechat_sent_bytes_total") > 2 * 300 * 15 * 1024);
         CHECK(scrape(server, "pulsechat_frames_received_total") >= 300);
         CHECK(scrape(server, "pulsechat_event_loop_lag_seconds_count{shard=\"0\"}") > 0);
+    }
+
+    TEST_CASE("/metrics: the bytes queued for a member that does not read, then none once it is gone") {
+        ServerConfig cfg = admin_config();
+        cfg.queue_limit = 32 * 1024 * 1024;  // held, not cut off
+        cfg.max_frame = 64 * 1024;
+        cfg.heartbeat_interval = 300ms;
+        cfg.heartbeat_timeout = 1000ms;
+        cfg.write_timeout = 10000ms;
+        TestServer server(cfg);
+        TestClient alice(server.port());
+        REQUIRE(alice.login("alice"));
+        REQUIRE(alice.join("room"));
+        auto sleeper = std::make_unique<TestClient>(server.port(), 4096);
+        REQUIRE(sleeper->login("sleeper"));
+        REQUIRE(sleeper->join("room"));
+        REQUIRE(alice.read_until<Presence>(2000ms));
+        CHECK(scrape(server, "pulsechat_queued_bytes") == 0);
+        // 8 MB: more than the socket buffers on the way can take.
+        const std::string big(60 * 1024, 'q');
+        for (int i = 0; i < 140; ++i) {
+            alice.send(Say{"room", big});
+            sleeper->send(Heartbeat{});
+            REQUIRE(alice.read_until<Deliver>(3000ms));
+        }
+        const double held = scrape(server, "pulsechat_queued_bytes");
+        CHECK(held > 1024 * 1024);
+        CHECK(held <= cfg.queue_limit);
+        CHECK(scrape(server, "pulsechat_queued_bytes_peak") >= held);
+        sleeper.reset();  // closes: what was held for it is dropped
+        CHECK(TestServer::eventually([&] {
+            alice.send(Heartbeat{});
+            return scrape(server, "pulsechat_queued_bytes") == 0;
+        }));
+    }
+
+    TEST_CASE("a SIGSTOPped chat_client shows up as one heartbeat timeout, found about a timeout after its last frame") {
+        ServerConfig cfg = admin_config();
+        cfg.heartbeat_interval = 200ms;
+        cfg.heartbeat_timeout = 800ms;
+        TestServer server(cfg);
+        Subprocess client({program_path("CHAT_CLIENT", "chat_client"), "--port", std::to_string(server.port()),
+                           "--nick", "sleepy", "--json"});
+        REQUIRE(client.wait_for("\"joined\"", 5000ms));
+        // Alive while it runs: it heartbeats every interval.
+        CHECK(scrape(server, "pulsechat_sessions") == 1);
+        client.signal(SIGSTOP);
+        CHECK(TestServer::eventually(
+            [&] { return scrape(server, "pulsechat_sessions_closed_total{reason=\"heartbeat_timeout\"}") == 1; },
+            5000ms));
+        client.signal(SIGCONT);
+        check_one_detection(server, 0.8, 2.0, "2");
+        CHECK(scrape(server, "pulsechat_sessions") == 0);
     }
 
     TEST_CASE("/readyz answers 503 from the moment a drain begins, while sessions still drain") {

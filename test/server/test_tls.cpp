@@ -337,6 +337,16 @@ std::unique_ptr<TlsClient> tls_client(std::uint16_t port, const TlsClientOptions
     return c;  // the SSL object holds its own reference to the context
 }
 
+// A TLS client that verified the server, logged in as `nick` and joined "lobby".
+std::unique_ptr<TlsClient> tls_member(TestServer& server, const Pki& pki, const std::string& nick) {
+    asio::error_code ec;
+    auto c = tls_client(server.server().tls_endpoint()->port(), TlsClientOptions{pki.ca.cert_file, {}, {}, false}, ec);
+    REQUIRE_MESSAGE(!ec, ec.message());
+    REQUIRE(c->login(nick));
+    REQUIRE(c->join("lobby"));
+    return c;
+}
+
 // The common name of the certificate the server showed.
 std::string peer_common_name(TlsStream& stream) {
     X509* cert = SSL_get1_peer_certificate(stream.native_handle());
@@ -493,12 +503,7 @@ TEST_SUITE("transports (live)") {
         cfg.max_frame = 256 * 1024;
         cfg.queue_limit = 64 * 1024 * 1024;
         TestServer server(cfg);
-        const auto tls_port = server.server().tls_endpoint()->port();
-        asio::error_code ec;
-        auto alice = tls_client(tls_port, TlsClientOptions{pki.ca.cert_file, {}, {}, false}, ec);
-        REQUIRE_MESSAGE(!ec, ec.message());
-        REQUIRE(alice->login("alice"));
-        REQUIRE(alice->join("lobby"));
+        auto alice = tls_member(server, pki, "alice");
         TestClient bob(server.port());
         REQUIRE(bob.login("bob"));
         REQUIRE(bob.join("lobby"));
@@ -534,12 +539,7 @@ TEST_SUITE("transports (live)") {
         ServerConfig cfg = tls_config(pki);
         cfg.tls_coalesce = 400ms;  // long, so that a deferred write cannot pass for an immediate one
         TestServer server(cfg);
-        const auto tls_port = server.server().tls_endpoint()->port();
-        asio::error_code ec;
-        auto alice = tls_client(tls_port, TlsClientOptions{pki.ca.cert_file, {}, {}, false}, ec);
-        REQUIRE_MESSAGE(!ec, ec.message());
-        REQUIRE(alice->login("alice"));
-        REQUIRE(alice->join("lobby"));
+        auto alice = tls_member(server, pki, "alice");
         TestClient bob(server.port());
         REQUIRE(bob.login("bob"));
         REQUIRE(bob.join("lobby"));

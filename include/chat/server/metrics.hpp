@@ -94,6 +94,9 @@ struct ShardMetrics {
     std::uint64_t deliveries = 0;      // frames queued for a member (DELIVER, PRESENCE, ...)
     std::uint64_t rate_limited = 0;    // requests dropped by the rate limiter
     std::uint64_t expiries_averted = 0;
+    // A gauge, filled in by the scrape (the sum over the shard's sessions),
+    // not kept up to date on the per-message path.
+    std::uint64_t queued_bytes = 0;
     Histogram detection{detection_time_bounds()};    // last frame -> heartbeat expiry
     Histogram loop_lag{loop_lag_bounds()};           // how late the shard's tick fired
     Histogram flush_latency{flush_latency_bounds()}; // first frame queued -> handed to the socket

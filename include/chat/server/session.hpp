@@ -84,6 +84,7 @@ public:
     }
     std::size_t shard() const noexcept override { return shard_; }
     const std::string& peer() const noexcept override { return peer_; }
+    std::size_t queued_bytes() const noexcept override { return core_.queued_bytes(); }
 
     void start(std::optional<std::pair<ErrorCode, std::string>> rejection) override {
         core_.start(Clock::now(), std::move(rejection));

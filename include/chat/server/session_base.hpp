@@ -34,6 +34,8 @@ public:
     // Close now, queued or not.
     virtual void abort(const std::string& reason) = 0;
     virtual const std::string& peer() const noexcept = 0;
+    // Bytes held for the peer now (queued and in flight); on its shard only.
+    virtual std::size_t queued_bytes() const noexcept = 0;
 };
 
 std::shared_ptr<SessionBase> make_session(asio::ip::tcp::socket stream, std::uint64_t id, std::size_t shard,

@@ -80,6 +80,8 @@ public:
 
 private:
     Result outcome(int ret, int saved_errno);
+    template <class Call, class Succeeded>
+    Result step(Call call, Succeeded succeeded, std::size_t* bytes);
 
     asio::ip::tcp::socket socket_;
     ssl_st* ssl_ = nullptr;
