@@ -386,6 +386,46 @@ TEST_SUITE("chat_server process") {
 #endif
     }
 
+    TEST_CASE("SIGTERM turns /readyz to 503 before the drain ends; /healthz answers through it") {
+#if PULSECHAT_HAVE_HTTP_PARSER
+        ServerProcess server(with({"--admin-port", "0", "--drain-timeout", "3s"}));
+        auto port = server.port();
+        REQUIRE(port);
+        const auto admin_line = server.wait_for("(admin)", 3000ms);
+        REQUIRE(admin_line);
+        const std::string endpoint = admin_line->substr(0, admin_line->rfind(" (admin)"));
+        const int admin = std::atoi(endpoint.c_str() + endpoint.rfind(':') + 1);
+        REQUIRE(admin > 0);
+        // One HTTP GET (Connection: close): the status code.
+        const auto status_of = [admin](const std::string& path) {
+            asio::io_context io;
+            asio::ip::tcp::socket s(io);
+            s.connect({asio::ip::make_address("127.0.0.1"), static_cast<std::uint16_t>(admin)});
+            const std::string request = "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+            asio::write(s, asio::buffer(request));
+            std::string reply;
+            asio::error_code ec;
+            asio::read(s, asio::dynamic_buffer(reply), ec);
+            return reply.size() > 12 ? std::atoi(reply.c_str() + 9) : 0;
+        };
+        CHECK(status_of("/readyz") == 200);
+        // A client that reads its BYE but never closes: the server waits for
+        // its EOF, so the drain is still on when the probe comes.
+        TestClient alice(*port);
+        REQUIRE(alice.login("alice"));
+        server.signal(SIGTERM);
+        REQUIRE(alice.read_until<Bye>(2000ms));
+        CHECK(status_of("/readyz") == 503);
+        CHECK(status_of("/healthz") == 200);
+        CHECK(server.state() == "running");  // the drain was not over
+        auto status = server.wait_exit(4000ms);
+        REQUIRE(status);
+        CHECK(*status == 0);
+#else
+        MESSAGE("built without the admin listener (libhttp-parser)");
+#endif
+    }
+
     TEST_CASE("--log-format json: every line is one JSON object, with the session's fields, whatever a client sent") {
         ServerProcess server(with({"--log-format", "json"}));
         auto port = server.port();
