@@ -529,13 +529,13 @@ void Server::start_session(asio::ip::tcp::socket socket, std::size_t shard, bool
             log_->error("{}: cannot start TLS: {}; connection dropped", peer, e.what());
             return;
         }
-        launch(std::move(*stream), shard, peer, address, std::nullopt, context, "tls");
+        launch(std::move(*stream), shard, peer, address, std::nullopt, context, Transport::tls);
         return;
     }
 #else
     (void)tls;
 #endif
-    launch(std::move(socket), shard, peer, address, std::nullopt, nullptr, "tcp");
+    launch(std::move(socket), shard, peer, address, std::nullopt, nullptr, Transport::tcp);
 }
 
 void Server::start_unix_session(asio::local::stream_protocol::socket socket, std::size_t shard) {
@@ -559,17 +559,14 @@ void Server::start_unix_session(asio::local::stream_protocol::socket socket, std
     }
     asio::error_code ignored;
     socket.non_blocking(true, ignored);  // the session reads with read_some after a readiness wait
-    launch(std::move(socket), shard, peer, address, std::move(rejection), nullptr, "unix");
+    launch(std::move(socket), shard, peer, address, std::move(rejection), nullptr, Transport::unix_socket);
 }
 
 template <class Stream>
 void Server::launch(Stream stream, std::size_t shard, const std::string& peer, const std::string& address,
                     std::optional<std::pair<ErrorCode, std::string>> rejection, std::shared_ptr<const void> hold,
-                    const char* transport) {
-    const Transport kind = std::string_view(transport) == "tls"    ? Transport::tls
-                           : std::string_view(transport) == "unix" ? Transport::unix_socket
-                                                                   : Transport::tcp;
-    ++env_.shard_metrics[0]->accepted[static_cast<std::size_t>(kind)];  // on the hub shard, where accepts run
+                    Transport transport) {
+    ++env_.shard_metrics[0]->accepted[static_cast<std::size_t>(transport)];  // on the hub shard, where accepts run
     const std::uint64_t id = next_session_id_++;
     if (shutting_down_) {
         rejection.emplace(ErrorCode::shutting_down, "server shutting down");
@@ -587,7 +584,7 @@ void Server::launch(Stream stream, std::size_t shard, const std::string& peer, c
         env_.counters.refused.fetch_add(1, std::memory_order_relaxed);
         log_->debug("session {} {}: refused: {}", id, peer, rejection->second);
     } else {
-        log_->debug("session {} {}: connected (shard {}, {})", id, peer, shard, transport);
+        log_->debug("session {} {}: connected (shard {}, {})", id, peer, shard, to_string(transport));
     }
 
     ++live_sessions_;

@@ -95,7 +95,7 @@ private:
     template <class Stream>
     void launch(Stream stream, std::size_t shard, const std::string& peer, const std::string& address,
                 std::optional<std::pair<ErrorCode, std::string>> rejection, std::shared_ptr<const void> hold,
-                const char* transport);
+                Transport transport);
     void listen_unix();
     void remove_unix_socket();
     void close_listeners();

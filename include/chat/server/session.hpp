@@ -625,8 +625,7 @@ private:
                     case TlsSocket::Status::failed: ec = sent.error; return WriteResult::failed;
                     }
                 }
-                TlsStaging::give_back(std::move(tls_out_));
-                tls_out_.reset();
+                TlsStaging::give_back(std::move(tls_out_));  // leaves tls_out_ empty
             }
         } else {
             (void)ec;
