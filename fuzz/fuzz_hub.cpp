@@ -262,9 +262,9 @@ public:
         inner.unsubscribe(room);
         proxies_.erase(std::string(room));
     }
-    void publish(std::string_view room, std::string_view sender, std::string_view text,
-                 std::uint64_t timestamp_ms) override {
-        inner.publish(room, sender, text, timestamp_ms);
+    PublishResult publish(std::string_view room, std::string_view sender, std::string_view text,
+                          std::uint64_t timestamp_ms, std::uint64_t sender_id) override {
+        return inner.publish(room, sender, text, timestamp_ms, sender_id);
     }
     Replay replay(std::string_view room, const ReplayRequest& request) override { return inner.replay(room, request); }
 

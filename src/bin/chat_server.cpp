@@ -54,6 +54,40 @@ int main(int argc, char** argv) {
     chat::add_size_option(app, "--history-memory", cfg.history_memory,
                           "All rooms' history together at most; over it the server's oldest message goes "
                           "first (a later resume counts it as missed)");
+    app.add_option_function<std::string>(
+           "--cluster",
+           [&](const std::string& v) {
+               std::string_view rest(v);
+               while (!rest.empty()) {
+                   const auto comma = rest.find(',');
+                   if (comma != 0) cfg.cluster_servers.emplace_back(rest.substr(0, comma));
+                   if (comma == std::string_view::npos) break;
+                   rest.remove_prefix(comma + 1);
+               }
+               if (cfg.cluster_servers.empty()) throw CLI::ValidationError("--cluster", "no NATS server given");
+           },
+           "Run as one node of a cluster: rooms, their order and history live in NATS JetStream at these "
+           "servers (nats://HOST:PORT[,nats://...]); docs/CLUSTER.md")
+        ->type_name("URLS");
+    app.add_option("--node-name", cfg.node_name,
+                   "With --cluster: this node's name, unique in the cluster (default: <hostname>-<random>)")
+        ->type_name("NAME");
+    app.add_option("--cluster-replicas", cfg.cluster_replicas,
+                   "With --cluster: replicas of the JetStream stream (3 on a three-server NATS cluster)")
+        ->capture_default_str();
+    chat::add_duration_option(app, "--cluster-dead-after", cfg.cluster_dead_after,
+                              "With --cluster: NATS unreachable (or not acknowledging) this long makes SAY "
+                              "answer 'unavailable'");
+    app.add_option_function<std::string>(
+           "--history-age",
+           [&](const std::string& v) {
+               auto d = chat::parse_duration(v);
+               if (!d) throw CLI::ValidationError("--history-age", "'" + v + "' is not a duration");
+               cfg.history_age = *d;
+           },
+           "With --cluster: JetStream drops a room's messages older than this (default: kept until --history "
+           "newer ones replace them)")
+        ->type_name("DURATION");
     app.add_option("--presence-limit", cfg.presence_limit,
                    "Rooms with more members than this are quiet: joins, leaves, renames and disconnects are "
                    "not announced and JOINED lists only the joiner (members ask with WHO); 0 = never quiet")

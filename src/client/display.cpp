@@ -139,7 +139,9 @@ std::string EventFormatter::human(const Message& message, const FrameNote& note,
             text += "rejoined";
             if (j->epoch_changed)
                 text += "; the room was started anew while you were away, so messages sent before that are lost";
-            if (j->missed > 0)
+            if (j->missed == missed_unknown)
+                text += "; you missed messages the server no longer holds (it cannot tell how many)";
+            else if (j->missed > 0)
                 text += "; you missed " + plural(j->missed, "message", "messages") + " the server no longer holds";
             if (j->history_count > 0)
                 text += "; " + plural(j->history_count, "message", "messages") + " from while you were away follow";

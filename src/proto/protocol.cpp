@@ -579,6 +579,7 @@ std::string_view to_string(ErrorCode code) noexcept {
         case ErrorCode::replaced: return "replaced";
         case ErrorCode::shutting_down: return "shutting_down";
         case ErrorCode::internal: return "internal";
+        case ErrorCode::unavailable: return "unavailable";
     }
     return "unknown";
 }

@@ -53,10 +53,10 @@ void LocalBroker::pop_oldest(RoomLog& log) {
     log.history.pop_front();
 }
 
-void LocalBroker::publish(std::string_view room, std::string_view sender, std::string_view text,
-                          std::uint64_t timestamp_ms) {
+PublishResult LocalBroker::publish(std::string_view room, std::string_view sender, std::string_view text,
+                                   std::uint64_t timestamp_ms, std::uint64_t /*sender_id*/) {
     auto it = logs_.find(room);
-    if (it == logs_.end()) return;
+    if (it == logs_.end()) return PublishResult::accepted;  // nobody to hear it: as if heard by nobody
     RoomLog& log = it->second;
     auto& deliver = std::get<Deliver>(scratch_);
     deliver.room.assign(room);
@@ -77,6 +77,7 @@ void LocalBroker::publish(std::string_view room, std::string_view sender, std::s
         enforce_memory_bound();
     }
     if (log.subscriber != nullptr) log.subscriber->on_message(stored);
+    return PublishResult::accepted;
 }
 
 void LocalBroker::enforce_memory_bound() {

@@ -49,6 +49,9 @@ bool same_token(std::string_view held, std::string_view presented) noexcept {
 #endif
 }
 
+// Requests one session may send behind a JOIN that waits for its room.
+constexpr std::size_t max_held_requests = 1024;
+
 // Room name, counts and the other fields of a list frame besides the list.
 constexpr std::size_t list_budget_slack = 512;
 
@@ -62,7 +65,18 @@ void on_shard(ShardPoster& poster, const std::shared_ptr<Participant>& p, F&& f)
 }  // namespace
 
 Hub::Hub(Broker& broker, ShardPoster& poster, std::size_t shard_count, HubLimits limits)
-    : broker_(broker), poster_(poster), shard_count_(shard_count), limits_(limits) {}
+    : broker_(broker), poster_(poster), shard_count_(shard_count), limits_(limits) {
+    broker_.set_listener(this);
+}
+
+Hub::~Hub() { broker_.set_listener(nullptr); }
+
+void Hub::on_publish_failed(std::uint64_t sender_id, std::string_view room, std::string_view reason) {
+    ++stats_.unavailable;
+    if (SessionRecord* record = find(sender_id))
+        send_error(*record, ErrorCode::unavailable,
+                   fmt::format("a message to '{}' was not stored: {}", log_safe(room), log_safe(reason)));
+}
 
 std::uint64_t Hub::now_ms() {
     return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -119,7 +133,7 @@ void Hub::login(const std::shared_ptr<Participant>& participant, const NickName&
         });
         disconnect(old->id(), PresenceEvent::disconnected, "replaced by a new connection");
     }
-    SessionRecord record{participant, nick, {}, {}};
+    SessionRecord record{participant, nick, {}, {}, 0, {}};
     const std::string fresh = make_resume_token();
     record.resume_token.assign(fresh);
     nicks_.emplace(nick.str(), participant->id());
@@ -133,6 +147,20 @@ void Hub::login(const std::shared_ptr<Participant>& participant, const NickName&
 void Hub::handle(std::uint64_t id, const Request& request) {
     SessionRecord* record = find(id);
     if (record == nullptr) return;
+    if (record->waiting_joins > 0) {
+        // Behind a JOIN whose room is still opening (a few milliseconds of a
+        // cluster broker's loading); the session's rate limit keeps this short.
+        if (record->held.size() >= max_held_requests) {
+            auto p = record->participant;
+            on_shard(poster_, p, [p] {
+                p->close_with_error(ErrorCode::rate_limited, "too many requests while a JOIN waits for its room");
+            });
+            disconnect(id, PresenceEvent::disconnected, "too many requests");
+            return;
+        }
+        record->held.push_back(request);
+        return;
+    }
     std::visit(
         [this, record](const auto& r) {
             using R = std::decay_t<decltype(r)>;
@@ -173,10 +201,19 @@ void Hub::join(SessionRecord& record, const JoinRequest& join) {
     }
     if (it == rooms_.end()) {
         auto room = std::make_unique<Room>(join.room, shard_count_, poster_);
-        broker_.subscribe(join.room.view(), *room);
+        room->set_ready_handler([this](Room& r) { room_ready(r); });
+        Room* raw = room.get();
         it = rooms_.emplace(join.room.str(), std::move(room)).first;
+        if (broker_.subscribe(join.room.view(), *raw) == 0) opening_.emplace(raw, OpeningRoom{});
     }
     Room& room = *it->second;
+    if (auto opening = opening_.find(&room); opening != opening_.end()) {
+        // The broker is still loading the room's log: this JOIN (and every
+        // later request of the session) waits for room_ready().
+        opening->second.joins.emplace_back(record.participant->id(), join);
+        ++record.waiting_joins;
+        return;
+    }
     // The newest messages that fit the replay budget; the older ones are
     // reported as missed, like messages the history no longer holds.
     Replay replay = broker_.replay(join.room.view(), ReplayRequest{join.resume, join.after, limits_.replay_budget});
@@ -214,6 +251,41 @@ void Hub::join(SessionRecord& record, const JoinRequest& join) {
     for (auto& frame : replay.frames) send(record, std::move(frame));
 }
 
+void Hub::room_ready(Room& room) {
+    auto opening = opening_.find(&room);
+    if (opening == opening_.end()) return;
+    const auto joins = std::move(opening->second.joins);
+    opening_.erase(opening);
+    std::vector<std::uint64_t> waited;
+    for (const auto& [id, request] : joins) {
+        SessionRecord* record = find(id);
+        if (record == nullptr) continue;  // gone while it waited
+        --record->waiting_joins;
+        join(*record, request);
+        waited.push_back(id);
+    }
+    drop_if_unused(room);  // every joiner may have gone
+    for (std::uint64_t id : waited) release_held(id);
+}
+
+void Hub::release_held(std::uint64_t id) {
+    // Requests that came behind a waiting JOIN, in order, until one of them
+    // waits again (a JOIN of another room that is opening).
+    for (SessionRecord* record = find(id); record != nullptr && record->waiting_joins == 0 && !record->held.empty();
+         record = find(id)) {
+        const Request request = std::move(record->held.front());
+        record->held.pop_front();
+        handle(id, request);
+    }
+}
+
+void Hub::drop_if_unused(Room& room) {
+    if (!room.empty() || opening_.contains(&room)) return;
+    const RoomName name = room.name();
+    broker_.unsubscribe(name.view());
+    if (auto it = rooms_.find(name.view()); it != rooms_.end()) rooms_.erase(it);
+}
+
 bool Hub::is_member(const SessionRecord& record, const Room* room) noexcept {
     return std::find(record.rooms.begin(), record.rooms.end(), room) != record.rooms.end();
 }
@@ -223,9 +295,7 @@ void Hub::remove_from_room(SessionRecord& record, Room& room, PresenceEvent even
     if (!room.remove(record.participant->id())) return;
     std::erase(record.rooms, &room);
     if (room.empty()) {
-        const RoomName name = room.name();
-        broker_.unsubscribe(name.view());
-        if (auto it = rooms_.find(name.view()); it != rooms_.end()) rooms_.erase(it);
+        drop_if_unused(room);
         return;
     }
     if (!quiet_room) room.broadcast(make_frame(make_presence(room.name(), record.nick, event, detail)));
@@ -248,7 +318,14 @@ void Hub::say(SessionRecord& record, const RoomName& room, std::string_view text
         send_error(record, ErrorCode::not_in_room, fmt::format("not in room '{}'", room.view()));
         return;
     }
-    broker_.publish(room.view(), record.nick.view(), text, now_ms());
+    if (broker_.publish(room.view(), record.nick.view(), text, now_ms(), record.participant->id()) ==
+        PublishResult::unavailable) {
+        ++stats_.unavailable;
+        send_error(record, ErrorCode::unavailable,
+                   fmt::format("the message to '{}' was not taken: the cluster is unavailable; send it again later",
+                               room.view()));
+        return;
+    }
     ++stats_.published;
 }
 

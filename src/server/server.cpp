@@ -67,8 +67,8 @@ Server::Server(ServerConfig config)
       }()),
       hub_context_(*shards_[0]),
       log_(server_log()),
-      broker_(config_.history, config_.history_memory),
-      hub_(broker_, *this, shards_.size(),
+      broker_(make_broker()),
+      hub_(*broker_, *this, shards_.size(),
            HubLimits{config_.max_rooms_per_session, config_.max_frame, config_.queue_limit / 2, config_.presence_limit}),
       env_{config_, hub_, hub_context_.get_executor(), log_, PULSECHAT_VERSION, {}},
       access_(AuthLimits{config_.auth_max_failures, config_.auth_window, config_.auth_lockout}),
@@ -100,11 +100,36 @@ Server::Server(ServerConfig config)
 
 Server::~Server() { remove_unix_socket(); }
 
+std::unique_ptr<Broker> Server::make_broker() {
+    if (config_.cluster_servers.empty())
+        return std::make_unique<LocalBroker>(config_.history, config_.history_memory);
+#if PULSECHAT_HAVE_CLUSTER
+    ClusterConfig cluster;
+    cluster.servers = config_.cluster_servers;
+    cluster.node_name = config_.node_name;
+    cluster.history = config_.history;
+    cluster.history_age = config_.history_age;
+    cluster.replicas = config_.cluster_replicas;
+    cluster.dead_after = config_.cluster_dead_after;
+    auto broker = std::make_unique<ClusterBroker>(
+        std::move(cluster), [this](std::function<void()> work) { asio::post(hub_context_, std::move(work)); }, log_);
+    cluster_ = broker.get();
+    return broker;
+#else
+    throw std::runtime_error("--cluster: this chat_server was built without the cluster broker (meson option "
+                             "cluster, libnats-dev)");
+#endif
+}
+
 std::size_t Server::current_shard() const noexcept { return this_shard; }
 
 void Server::post(std::size_t shard, std::function<void()> work) { asio::post(*shards_[shard], std::move(work)); }
 
 std::vector<asio::ip::tcp::endpoint> Server::listen() {
+#if PULSECHAT_HAVE_CLUSTER
+    // NATS first: a node that cannot reach its cluster does not take clients.
+    if (cluster_ != nullptr) cluster_->start();
+#endif
     const auto address = asio::ip::make_address(config_.bind);
     asio::ip::tcp::endpoint endpoint(address, config_.port);
     asio::ip::tcp::acceptor acceptor(hub_context_);
@@ -667,6 +692,11 @@ void Server::finish() {
     close_listeners();
 #if PULSECHAT_HAVE_HTTP_PARSER
     if (admin_) admin_->close();  // it answered 503 on /readyz through the drain
+#endif
+#if PULSECHAT_HAVE_CLUSTER
+    // The sessions have drained: what they published gets its acknowledgment
+    // (for at most 2 s), then the node leaves NATS.
+    if (cluster_ != nullptr) cluster_->stop();
 #endif
     remove_unix_socket();
     // Without work guards every io_context returns from run() once the sessions

@@ -1,5 +1,6 @@
 #include "chat/server/server_config.hpp"
 
+#include <cctype>
 #include <charconv>
 
 namespace chat {
@@ -59,6 +60,23 @@ std::string validate(const ServerConfig& c) {
     if (c.unix_path.empty() && (c.unix_mode || !c.unix_allow_uids.empty()))
         return "--unix-mode and --unix-allow-uid need --unix";
     if (c.auth_max_failures < 1) return "--auth-max-failures must be at least 1";
+    for (const auto& url : c.cluster_servers) {
+        const std::string_view u(url);
+        if (!(u.starts_with("nats://") || u.starts_with("tls://")) || u.find(':', 7) == std::string_view::npos ||
+            u.size() < 10)
+            return "--cluster: '" + url + "' is not a NATS server address such as nats://127.0.0.1:4222";
+    }
+    if (c.cluster_servers.empty() && (!c.node_name.empty() || c.history_age || c.cluster_replicas != 1))
+        return "--node-name, --history-age and --cluster-replicas need --cluster";
+    if (c.cluster_replicas < 1 || c.cluster_replicas > 5) return "--cluster-replicas must be between 1 and 5";
+    if (c.cluster_dead_after < milliseconds{300} || c.cluster_dead_after > milliseconds{60'000})
+        return "--cluster-dead-after must be between 300ms and 60s";
+    if (c.history_age && c.history_age->count() < 1000) return "--history-age must be at least 1s";
+    if (!c.cluster_servers.empty() && c.history < 1)
+        return "--history must be at least 1 with --cluster (the stream keeps the rooms' messages)";
+    for (char ch : c.node_name)
+        if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_') || c.node_name.size() > 64)
+            return "--node-name: letters, digits, '-' and '_', at most 64";
     return {};
 }
 

@@ -979,3 +979,127 @@ TEST_SUITE("hub") {
         CHECK(f.broker.history_messages() == 0);
     }
 }
+
+namespace {
+
+// A broker that opens a room's log only when the test says so (as a cluster
+// broker does once it has loaded the room), and can refuse publishes.
+class LateBroker final : public Broker {
+public:
+    std::uint64_t subscribe(std::string_view room, Subscriber& subscriber) override {
+        waiting.emplace_back(std::string(room), &subscriber);
+        return 0;
+    }
+    void unsubscribe(std::string_view room) override {
+        ++unsubscribed;
+        inner.unsubscribe(room);
+    }
+    PublishResult publish(std::string_view room, std::string_view sender, std::string_view text,
+                          std::uint64_t ts, std::uint64_t sender_id) override {
+        if (refuse) return PublishResult::unavailable;
+        last_sender = sender_id;
+        return inner.publish(room, sender, text, ts, sender_id);
+    }
+    Replay replay(std::string_view room, const ReplayRequest& request) override { return inner.replay(room, request); }
+
+    // Opens the oldest waiting room.
+    void open_next() {
+        REQUIRE_FALSE(waiting.empty());
+        auto [room, subscriber] = waiting.front();
+        waiting.erase(waiting.begin());
+        inner.subscribe(room, *subscriber);
+        subscriber->on_ready();
+    }
+    void fail_publish(std::uint64_t sender, std::string_view room) { listener_->on_publish_failed(sender, room, "test"); }
+
+    LocalBroker inner{100, LocalBroker::default_history_memory, 1000};
+    std::vector<std::pair<std::string, Subscriber*>> waiting;
+    bool refuse = false;
+    std::uint64_t last_sender = 0;
+    int unsubscribed = 0;
+};
+
+struct LateHubFixture {
+    LateBroker broker;
+    FakePoster poster;
+    Hub hub{broker, poster, 1, HubLimits{}};
+
+    std::shared_ptr<FakeParticipant> login(std::uint64_t id, std::string_view name) {
+        auto p = std::make_shared<FakeParticipant>(id, 0);
+        hub.login(p, nick(name), "");
+        REQUIRE(p->logins.size() == 1);
+        return p;
+    }
+};
+
+}  // namespace
+
+TEST_CASE("a JOIN waits for its room's log, and the session's later requests wait behind it in order") {
+    LateHubFixture f;
+    auto alice = f.login(1, "alice");
+    auto bob = f.login(2, "bob");
+    f.hub.handle(1, JoinRequest{room_name("lobby"), false, {}});
+    f.hub.handle(1, SayRequest{room_name("lobby"), "first"});  // sent before JOINED came: must follow it
+    f.hub.handle(1, WhoRequest{room_name("lobby")});
+    f.hub.handle(2, JoinRequest{room_name("lobby"), false, {}});
+    CHECK(alice->frames.empty());
+    CHECK(bob->frames.empty());
+    REQUIRE(f.broker.waiting.size() == 1);  // one load for the room, however many wait
+
+    f.broker.open_next();
+    auto a = received(alice->frames);
+    REQUIRE(a.size() >= 3);
+    CHECK(std::holds_alternative<Joined>(a[0]));
+    // Both JOINs are answered first, in order (so alice sees bob join), then
+    // alice's held SAY and WHO, in the order she sent them.
+    std::vector<std::string> order;
+    for (auto& m : a) {
+        if (std::holds_alternative<Joined>(m)) order.push_back("joined");
+        if (std::holds_alternative<Presence>(m)) order.push_back("presence");
+        if (auto* d = std::get_if<Deliver>(&m)) order.push_back("deliver " + d->text);
+        if (std::holds_alternative<Members>(m)) order.push_back("members");
+    }
+    CHECK(order == std::vector<std::string>{"joined", "presence", "deliver first", "members"});
+    CHECK(f.broker.last_sender == 1);
+    CHECK(got<Joined>(*bob).size() == 1);
+    CHECK(got<Deliver>(*bob).size() == 1);  // published once bob was a member
+    CHECK(got<Members>(*alice).at(0).nicks == std::vector<std::string>{"alice", "bob"});
+}
+
+TEST_CASE("a session that leaves while its JOIN waits is forgotten, and the room with it") {
+    LateHubFixture f;
+    auto alice = f.login(1, "alice");
+    f.hub.handle(1, JoinRequest{room_name("lobby"), false, {}});
+    f.hub.disconnect(1, PresenceEvent::disconnected, "gone");
+    f.broker.open_next();
+    CHECK(alice->frames.empty());
+    CHECK(f.hub.room_count() == 0);
+    CHECK(f.broker.unsubscribed == 1);
+}
+
+TEST_CASE("a session flooding requests behind a waiting JOIN is disconnected") {
+    LateHubFixture f;
+    auto alice = f.login(1, "alice");
+    f.hub.handle(1, JoinRequest{room_name("lobby"), false, {}});
+    for (int i = 0; i < 1025; ++i) f.hub.handle(1, ListRequest{});
+    REQUIRE(alice->errors.size() == 1);
+    CHECK(alice->errors[0] == ErrorCode::rate_limited);
+    CHECK(f.hub.session_count() == 0);
+}
+
+TEST_CASE("a SAY the broker cannot take, and one it could not store, are answered unavailable") {
+    LateHubFixture f;
+    auto alice = f.login(1, "alice");
+    f.hub.handle(1, JoinRequest{room_name("lobby"), false, {}});
+    f.broker.open_next();
+    alice->frames.clear();
+    f.broker.refuse = true;
+    f.hub.handle(1, SayRequest{room_name("lobby"), "hello"});
+    auto e = error_of(ErrorCode::unavailable, alice->frames);
+    CHECK(e.reason.find("lobby") != std::string::npos);
+    alice->frames.clear();
+    f.broker.fail_publish(1, "lobby");
+    error_of(ErrorCode::unavailable, alice->frames);
+    CHECK(f.hub.stats().unavailable == 2);
+    f.broker.fail_publish(99, "lobby");  // a sender that has gone: nothing to tell
+}

@@ -58,6 +58,11 @@ inline constexpr std::uint16_t flag_echo = 0x0001;     // WHISPER: copy of one t
 inline constexpr std::uint16_t flag_quiet = 0x0001;    // JOINED: presence is not announced in this room
 
 // Stable numeric error codes carried by ERROR frames. Never renumber.
+// JOINED's `missed` when the server knows messages after the resume point are
+// gone but not how many (a cluster's history drops a room's oldest messages
+// without counting them).
+inline constexpr std::uint64_t missed_unknown = ~std::uint64_t{0};
+
 enum class ErrorCode : std::uint16_t {
     malformed_frame = 1,      // a field is truncated, a length lies, trailing bytes
     unsupported_version = 2,  // header version is not one the server speaks
@@ -83,6 +88,7 @@ enum class ErrorCode : std::uint16_t {
     replaced = 22,            // another connection resumed this session's nickname
     shutting_down = 23,       // the server is stopping
     internal = 24,            // a bug on the server; reported rather than crashing
+    unavailable = 25,         // the cluster broker cannot take the message now (non-fatal)
 };
 
 std::string_view to_string(ErrorCode code) noexcept;

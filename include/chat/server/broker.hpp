@@ -45,6 +45,13 @@ struct Replay {
     std::vector<SharedFrame> frames;  // DELIVER frames with the history flag set, oldest first
 };
 
+// What became of a publish at once (a cluster broker may still fail it later:
+// Broker::Listener::on_publish_failed).
+enum class PublishResult {
+    accepted,     // on its way into the room's log
+    unavailable,  // the broker cannot take messages now (a cluster broker cut off from NATS)
+};
+
 class Broker {
 public:
     // Receives every message published to a room, in the room's order.
@@ -52,21 +59,40 @@ public:
     public:
         virtual ~Subscriber() = default;
         virtual void on_message(const StoredMessage& message) = 0;
+        // The room's log, which subscribe() could not open at once, is open:
+        // replay() now answers for it. Called on the hub's thread.
+        virtual void on_ready() {}
+    };
+    // What the hub hears from the broker besides messages, on the hub's thread.
+    class Listener {
+    public:
+        virtual ~Listener() = default;
+        // A message publish() accepted could not be stored (the cluster stayed
+        // unreachable): its sender (`sender_id`) is told, nothing is lost silently.
+        virtual void on_publish_failed(std::uint64_t sender_id, std::string_view room, std::string_view reason) = 0;
     };
 
     virtual ~Broker() = default;
 
+    void set_listener(Listener* listener) noexcept { listener_ = listener; }
+
     // Starts delivering a room's messages to `subscriber`, opening the room's log
-    // (in a new epoch) if it has none. Returns the room's epoch.
+    // (in a new epoch) if it has none. Returns the room's epoch, or 0 when the
+    // log is still being opened (a cluster broker loads it): the subscriber's
+    // on_ready() follows, and replay() must not be asked before.
     virtual std::uint64_t subscribe(std::string_view room, Subscriber& subscriber) = 0;
     // The room emptied: stop delivering and forget its log.
     virtual void unsubscribe(std::string_view room) = 0;
     // Appends a message; the subscriber gets it with its assigned position.
-    virtual void publish(std::string_view room, std::string_view sender, std::string_view text,
-                         std::uint64_t timestamp_ms) = 0;
+    // `sender_id` is the sending session, for on_publish_failed().
+    virtual PublishResult publish(std::string_view room, std::string_view sender, std::string_view text,
+                                  std::uint64_t timestamp_ms, std::uint64_t sender_id = 0) = 0;
     // History for a JOIN: everything held, or, when `request.resume`, what
     // follows `request.after`; within the request's byte budget.
     virtual Replay replay(std::string_view room, const ReplayRequest& request) = 0;
+
+protected:
+    Listener* listener_ = nullptr;
 };
 
 // The in-memory broker: per-room logs capped at `history` messages, and all of
@@ -82,8 +108,8 @@ public:
 
     std::uint64_t subscribe(std::string_view room, Subscriber& subscriber) override;
     void unsubscribe(std::string_view room) override;
-    void publish(std::string_view room, std::string_view sender, std::string_view text,
-                 std::uint64_t timestamp_ms) override;
+    PublishResult publish(std::string_view room, std::string_view sender, std::string_view text,
+                          std::uint64_t timestamp_ms, std::uint64_t sender_id = 0) override;
     Replay replay(std::string_view room, const ReplayRequest& request) override;
 
     // What the history holds now (frames and their bookkeeping), for tests and metrics.

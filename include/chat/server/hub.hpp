@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <array>
+#include <deque>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -43,9 +44,12 @@ struct HubLimits {
 // "no resumption offered", only if neither source works.
 std::string make_resume_token() noexcept;
 
-class Hub {
+class Hub final : private Broker::Listener {
 public:
     Hub(Broker& broker, ShardPoster& poster, std::size_t shard_count, HubLimits limits);
+    ~Hub() override;
+    Hub(const Hub&) = delete;
+    Hub& operator=(const Hub&) = delete;
 
     // HELLO, after the session checked the nick. Answers through on_login()
     // or close_with_error().
@@ -69,6 +73,7 @@ public:
         std::uint64_t resumes_full = 0;   // JOIN with resume: every missed message replayed
         std::uint64_t resumes_gap = 0;    // ...some were gone (or over the replay budget)
         std::uint64_t resumes_epoch = 0;  // ...the room's epoch changed
+        std::uint64_t unavailable = 0;    // SAYs the broker could not take or store
     };
     const Stats& stats() const noexcept { return stats_; }
     const Room* find_room(std::string_view name) const;
@@ -97,6 +102,15 @@ private:
         // Join order. The hub owns the rooms; a room is dropped only when its
         // last member leaves, so no record points at a room that is gone.
         std::vector<Room*> rooms;
+        // A JOIN waits while its room's log is being opened (a cluster broker
+        // loads it), and so does every later request of the session, so that
+        // the session's requests are still answered in the order it sent them.
+        std::size_t waiting_joins = 0;
+        std::deque<Request> held;
+    };
+    // A room whose log the broker is still opening: the JOINs waiting for it.
+    struct OpeningRoom {
+        std::vector<std::pair<std::uint64_t, JoinRequest>> joins;
     };
     struct StringHash {
         using is_transparent = void;
@@ -104,6 +118,10 @@ private:
     };
 
     void join(SessionRecord& record, const JoinRequest& join);
+    void room_ready(Room& room);
+    void release_held(std::uint64_t id);
+    void drop_if_unused(Room& room);
+    void on_publish_failed(std::uint64_t sender_id, std::string_view room, std::string_view reason) override;
     void leave(SessionRecord& record, const RoomName& room);
     void say(SessionRecord& record, const RoomName& room, std::string_view text);
     void whisper(SessionRecord& record, const NickName& to, std::string_view text);
@@ -130,6 +148,7 @@ private:
     std::unordered_map<std::uint64_t, SessionRecord> sessions_;
     std::unordered_map<std::string, std::uint64_t, StringHash, std::equal_to<>> nicks_;
     std::map<std::string, std::unique_ptr<Room>, std::less<>> rooms_;
+    std::unordered_map<const Room*, OpeningRoom> opening_;
     Stats stats_;
 };
 

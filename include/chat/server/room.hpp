@@ -49,6 +49,11 @@ public:
 
     // From the broker: a message published to this room.
     void on_message(const StoredMessage& message) override { broadcast(message.frame); }
+    // From the broker: the room's log is open (only when subscribe() returned 0).
+    void on_ready() override {
+        if (ready_handler_) ready_handler_(*this);
+    }
+    void set_ready_handler(std::function<void(Room&)> handler) { ready_handler_ = std::move(handler); }
 
 private:
     struct Member {
@@ -70,6 +75,7 @@ private:
     // while nothing else holds it (so a join storm costs O(1) per join, not a
     // copy of the room), copied when a fan-out in flight still does.
     std::vector<std::shared_ptr<Snapshot>> by_shard_;
+    std::function<void(Room&)> ready_handler_;
 };
 
 }  // namespace chat

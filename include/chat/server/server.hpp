@@ -19,6 +19,7 @@
 #include "chat/server/metrics.hpp"
 #include "chat/server/service_notify.hpp"
 #include "chat/server/broker.hpp"
+#include "chat/server/cluster_broker.hpp"
 #include "chat/server/server_config.hpp"
 #include "chat/server/hub.hpp"
 #include "chat/server/room.hpp"
@@ -79,7 +80,8 @@ public:
     const SessionEnv& session_env() const noexcept { return env_; }
     // The hub gate of `shard` (backpressure with --threads > 1).
     const HubGate& hub_gate(std::size_t shard) const { return *env_.hub_gates.at(shard); }
-    const LocalBroker& broker() const noexcept { return broker_; }
+    // The cluster broker, with --cluster (and a build with libnats); else null.
+    const ClusterBroker* cluster() const noexcept { return cluster_; }
 
 private:
     // ShardPoster
@@ -109,13 +111,16 @@ private:
     void tick(std::size_t shard);
     void pet_watchdog();
     ServerGauges gauges() const;
+    std::unique_ptr<Broker> make_broker();
 
     ServerConfig config_;
     std::vector<std::unique_ptr<asio::io_context>> shards_;
     std::vector<asio::executor_work_guard<asio::io_context::executor_type>> work_;
     asio::io_context& hub_context_;
     std::shared_ptr<spdlog::logger> log_;
-    LocalBroker broker_;
+    // Before broker_: make_broker() sets it while broker_ is made.
+    ClusterBroker* cluster_ = nullptr;
+    std::unique_ptr<Broker> broker_;  // LocalBroker, or ClusterBroker with --cluster
     Hub hub_;
     SessionEnv env_;
     std::vector<asio::ip::tcp::acceptor> acceptors_;

@@ -41,6 +41,14 @@ struct ServerConfig {
     std::optional<Duration> tcp_user_timeout;
 
     std::size_t history = 100;
+    // --history-age: with --cluster, JetStream drops a room's messages older than this.
+    std::optional<Duration> history_age;
+
+    // The cluster broker (--cluster): rooms across nodes through NATS JetStream.
+    std::vector<std::string> cluster_servers;  // empty: the in-process broker
+    std::string node_name;                     // empty: <hostname>-<random>
+    int cluster_replicas = 1;
+    Duration cluster_dead_after{3'000};
     // All rooms' history together; the oldest message of the server goes first.
     std::size_t history_memory = 64 * 1024 * 1024;
     // Rooms with more members do not announce joins and leaves (PROTOCOL.md 6.4); 0: all do.

@@ -1,0 +1,365 @@
+// The cluster broker against a real nats-server with JetStream: rooms that
+// span nodes, one order, history in the stream, resume across nodes, the
+// broker's faults. Each test starts its own nats-server on a free port with a
+// fresh store, and nodes in this process (ServerConfig::cluster_servers).
+#include <doctest/doctest.h>
+
+#include <map>
+#include <set>
+#include <thread>
+
+#include "chat/server/cluster_broker.hpp"
+#include "utils/live.hpp"
+#include "utils/nats.hpp"
+
+using namespace chat;
+using namespace chat::test;
+
+namespace {
+
+ServerConfig node_config(const NatsServer& nats, const std::string& name, std::size_t history = 100) {
+    ServerConfig cfg = fast_config();
+    cfg.heartbeat_interval = 1000ms;
+    cfg.heartbeat_timeout = 5000ms;
+    cfg.cluster_servers = {nats.url()};
+    cfg.node_name = name;
+    cfg.history = history;
+    cfg.cluster_dead_after = 1000ms;
+    return cfg;
+}
+
+// A logged-in client that keeps itself alive while a test waits.
+std::unique_ptr<TestClient> member(std::uint16_t port, const std::string& nick) {
+    auto c = std::make_unique<TestClient>(port);
+    c->keep_alive(200ms);
+    REQUIRE(c->login(nick));
+    return c;
+}
+
+// The next `n` DELIVERs of `c` (skipping everything else), or fewer at the deadline.
+std::vector<Deliver> delivers(TestClient& c, std::size_t n, std::chrono::milliseconds limit = 10'000ms) {
+    std::vector<Deliver> got;
+    const auto deadline = Clock::now() + limit;
+    while (got.size() < n) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+        if (left.count() <= 0) break;
+        auto d = c.read_until<Deliver>(left);
+        if (!d) break;
+        got.push_back(std::move(*d));
+    }
+    return got;
+}
+
+// Nothing but HEARTBEAT answers and PINGs within `quiet`: no DELIVER, no ERROR.
+bool no_more_delivers(TestClient& c, std::chrono::milliseconds quiet = 300ms) {
+    const auto deadline = Clock::now() + quiet;
+    for (;;) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+        if (left.count() <= 0) return true;
+        auto m = c.read(left);
+        if (!m) return !c.closed();
+        if (std::holds_alternative<Deliver>(*m)) return false;
+    }
+}
+
+Joined resume(TestClient& c, const std::string& room, Position after) {
+    c.send(Join{room, true, after});
+    auto j = c.read_until<Joined>(5000ms);
+    REQUIRE(j);
+    return *j;
+}
+
+}  // namespace
+
+TEST_CASE("room names become subject tokens and back; bodies decode only when every field is valid") {
+    CHECK(room_token("lobby") == "6c6f626279");
+    CHECK(room_from_token("6c6f626279") == "lobby");
+    CHECK_FALSE(room_from_token("6c6f62627"));   // odd
+    CHECK_FALSE(room_from_token("zz"));          // not hex
+    CHECK_FALSE(room_from_token("6c6f62627A"));  // upper case is not what we make
+    CHECK_FALSE(room_from_token(""));
+    const auto body = encode_cluster_body("alice", 0x0102030405060708ULL, "hi there");
+    auto decoded = decode_cluster_body(body);
+    REQUIRE(decoded);
+    CHECK(decoded->sender == "alice");
+    CHECK(decoded->timestamp_ms == 0x0102030405060708ULL);
+    CHECK(decoded->text == "hi there");
+    CHECK_FALSE(decode_cluster_body(body.substr(0, 6)));                           // truncated
+    CHECK_FALSE(decode_cluster_body(encode_cluster_body("bad nick!", 1, "x")));    // nick rules
+    CHECK_FALSE(decode_cluster_body(encode_cluster_body("alice", 1, "")));         // empty text
+    CHECK_FALSE(decode_cluster_body(encode_cluster_body("alice", 1, "a\x01z")));   // control character
+    CHECK_FALSE(decode_cluster_body(encode_cluster_body("alice", 1, "\xC3\x28")));  // not UTF-8
+}
+
+TEST_CASE("a room log delivers in the stream's order, waits for gaps and knows what it cannot count") {
+    ClusterRoomLog log("r", 3);
+    std::vector<std::uint64_t> seen;
+    auto deliver = [&](const StoredMessage& m) { seen.push_back(m.position.seq); };
+    auto entry = [](std::uint64_t seq, std::uint64_t last) {
+        return ClusterRoomLog::Entry{seq, last, ClusterBody{"alice", 1, "m" + std::to_string(seq)}};
+    };
+    log.load({entry(3, 0), entry(7, 3)}, false);
+    CHECK_FALSE(log.advance(9, deliver));
+    CHECK(seen == std::vector<std::uint64_t>{3, 7});
+    CHECK(log.head() == 7);
+
+    // 12 links to 10, which has not come: a gap from 7 to 10.
+    log.offer(entry(12, 10));
+    auto gap = log.advance(9, deliver);
+    REQUIRE(gap);
+    CHECK(gap->after == 7);
+    CHECK(gap->upto == 10);
+    CHECK(seen.size() == 2);
+    log.offer(entry(10, 7));  // the fill
+    log.offer(entry(7, 3));   // a duplicate: ignored
+    CHECK_FALSE(log.advance(9, deliver));
+    CHECK(seen == std::vector<std::uint64_t>{3, 7, 10, 12});
+    CHECK(log.held() == 3);  // the cap: 3 went
+
+    // Resume from 10: complete. From 3 (gone, but 7 links to it): complete.
+    // From 2: 3 went and was not counted: unknown.
+    auto r = log.replay(9, ReplayRequest{true, Position{9, 10}});
+    CHECK(r.missed == 0);
+    CHECK(r.frames.size() == 1);
+    r = log.replay(9, ReplayRequest{true, Position{9, 7}});  // 7 is the oldest held's link
+    CHECK(r.missed == 0);
+    CHECK(r.frames.size() == 2);
+    r = log.replay(9, ReplayRequest{true, Position{9, 3}});
+    CHECK(r.missed == 0);
+    CHECK(r.frames.size() == 3);
+    r = log.replay(9, ReplayRequest{true, Position{9, 2}});
+    CHECK(r.missed == missed_unknown);
+    CHECK(r.frames.size() == 3);
+    r = log.replay(10, ReplayRequest{true, Position{9, 3}});
+    CHECK(r.epoch_changed);
+    CHECK(r.missed == 0);
+
+    // A full history loaded from the stream: what came before it is uncounted.
+    ClusterRoomLog full("r", 2);
+    full.load({entry(20, 0), entry(25, 20)}, true);
+    full.advance(9, nullptr);
+    CHECK(full.replay(9, ReplayRequest{true, Position{9, 5}}).missed == missed_unknown);
+    CHECK(full.replay(9, ReplayRequest{true, Position{9, 20}}).missed == 0);
+    // Not full: nothing was dropped, so an old resume point missed nothing.
+    ClusterRoomLog partial("r", 5);
+    partial.load({entry(20, 0)}, false);
+    partial.advance(9, nullptr);
+    CHECK(partial.replay(9, ReplayRequest{true, Position{9, 5}}).missed == 0);
+}
+
+TEST_CASE("two nodes publishing at once: every member on both sees one order, each message once") {
+    NatsServer nats;
+    TestServer a(node_config(nats, "a"));
+    TestServer b(node_config(nats, "b"));
+    auto alice = member(a.port(), "alice");
+    auto bob = member(b.port(), "bob");
+    auto carol = member(b.port(), "carol");
+    REQUIRE(alice->join("lobby"));
+    REQUIRE(bob->join("lobby"));
+    REQUIRE(carol->join("lobby"));
+
+    constexpr int per_sender = 150;
+    std::thread sender_a([&] {
+        for (int i = 0; i < per_sender; ++i) alice->send(Say{"lobby", "a" + std::to_string(i)});
+    });
+    for (int i = 0; i < per_sender; ++i) bob->send(Say{"lobby", "b" + std::to_string(i)});
+    sender_a.join();
+
+    auto on_a = delivers(*alice, 2 * per_sender);
+    auto on_b = delivers(*bob, 2 * per_sender);
+    auto on_b2 = delivers(*carol, 2 * per_sender);
+    REQUIRE(on_a.size() == 2 * per_sender);
+    REQUIRE(on_b.size() == 2 * per_sender);
+    REQUIRE(on_b2.size() == 2 * per_sender);
+    auto key = [](const std::vector<Deliver>& v) {
+        std::vector<std::tuple<std::uint64_t, std::uint64_t, std::string, std::string>> k;
+        for (const auto& d : v) k.emplace_back(d.position.epoch, d.position.seq, d.sender, d.text);
+        return k;
+    };
+    CHECK(key(on_a) == key(on_b));
+    CHECK(key(on_b) == key(on_b2));
+    // Increasing positions in one epoch, each message exactly once, and each
+    // sender's own messages in the order it sent them.
+    std::set<std::string> texts;
+    int next_a = 0, next_b = 0;
+    for (std::size_t i = 0; i < on_a.size(); ++i) {
+        if (i > 0) {
+            CHECK(on_a[i].position.epoch == on_a[0].position.epoch);
+            CHECK(on_a[i].position.seq > on_a[i - 1].position.seq);
+        }
+        texts.insert(on_a[i].text);
+        if (on_a[i].sender == "alice") CHECK(on_a[i].text == "a" + std::to_string(next_a++));
+        if (on_a[i].sender == "bob") CHECK(on_a[i].text == "b" + std::to_string(next_b++));
+    }
+    CHECK(texts.size() == 2 * per_sender);
+    CHECK(no_more_delivers(*alice));
+    CHECK(no_more_delivers(*bob));
+}
+
+TEST_CASE("history lives in JetStream: a resume on another node gets exactly what was missed") {
+    NatsServer nats;
+    TestServer a(node_config(nats, "a", 5));
+    TestServer b(node_config(nats, "b", 5));
+    auto bob = member(b.port(), "bob");
+    REQUIRE(bob->join("lobby"));
+    Position last{};
+    {
+        auto alice = member(a.port(), "alice");
+        auto j = alice->join("lobby");
+        REQUIRE(j);
+        CHECK(j->head_seq == 0);
+        alice->send(Say{"lobby", "before"});
+        auto d = delivers(*alice, 1);
+        REQUIRE(d.size() == 1);
+        last = d[0].position;
+        REQUIRE(delivers(*bob, 1).size() == 1);
+    }
+    SUBCASE("in full") {
+        for (int i = 0; i < 3; ++i) bob->send(Say{"lobby", "while away " + std::to_string(i)});
+        REQUIRE(delivers(*bob, 3).size() == 3);
+        // Alice comes back on node b.
+        auto alice = member(b.port(), "alice");
+        auto j = resume(*alice, "lobby", last);
+        CHECK_FALSE(j.epoch_changed);
+        CHECK(j.missed == 0);
+        REQUIRE(j.history_count == 3);
+        auto replay = delivers(*alice, 3);
+        REQUIRE(replay.size() == 3);
+        for (int i = 0; i < 3; ++i) {
+            CHECK(replay[i].history);
+            CHECK(replay[i].text == "while away " + std::to_string(i));
+            CHECK(replay[i].position.seq > last.seq);
+        }
+        CHECK(j.head_seq == replay.back().position.seq);
+    }
+    SUBCASE("past the history bound") {
+        for (int i = 0; i < 8; ++i) bob->send(Say{"lobby", "while away " + std::to_string(i)});
+        REQUIRE(delivers(*bob, 8).size() == 8);
+        auto alice = member(b.port(), "alice");
+        auto j = resume(*alice, "lobby", last);
+        CHECK_FALSE(j.epoch_changed);
+        CHECK(j.missed == missed_unknown);  // some are gone, uncounted
+        REQUIRE(j.history_count == 5);
+        auto replay = delivers(*alice, 5);
+        REQUIRE(replay.size() == 5);
+        CHECK(replay.front().text == "while away 3");
+        CHECK(replay.back().text == "while away 7");
+    }
+    SUBCASE("on a node that just started: it loads the room from the stream") {
+        bob->send(Say{"lobby", "after"});
+        REQUIRE(delivers(*bob, 1).size() == 1);
+        TestServer c(node_config(nats, "c", 5));
+        auto alice = member(c.port(), "alice");
+        auto j = resume(*alice, "lobby", last);
+        CHECK(j.missed == 0);
+        REQUIRE(j.history_count == 1);
+        auto replay = delivers(*alice, 1);
+        REQUIRE(replay.size() == 1);
+        CHECK(replay[0].text == "after");
+        // And a fresh join there sees the whole held history.
+        auto dave = member(c.port(), "dave");
+        auto fresh = dave->join("lobby");
+        REQUIRE(fresh);
+        CHECK(fresh->history_count == 2);
+    }
+}
+
+TEST_CASE("nats-server restarted on the same store keeps history and epoch; a wiped store changes the epoch") {
+    NatsServer nats;
+    TestServer a(node_config(nats, "a"));
+    auto alice = member(a.port(), "alice");
+    auto j = alice->join("lobby");
+    REQUIRE(j);
+    const auto epoch = j->epoch;
+    alice->send(Say{"lobby", "kept"});
+    auto d = delivers(*alice, 1);
+    REQUIRE(d.size() == 1);
+    CHECK(d[0].position.epoch == epoch);
+
+    nats.restart();
+    // The node reconnects by itself; its sessions never noticed.
+    REQUIRE(TestServer::eventually([&] { return a.server().cluster()->stats().reconnects >= 1; }, 10'000ms));
+    alice->send(Say{"lobby", "after restart"});
+    d = delivers(*alice, 1);
+    REQUIRE(d.size() == 1);
+    CHECK(d[0].text == "after restart");
+    CHECK(d[0].position.epoch == epoch);
+    {
+        TestServer b(node_config(nats, "b"));
+        auto bob = member(b.port(), "bob");
+        auto jb = resume(*bob, "lobby", Position{epoch, 0});
+        CHECK_FALSE(jb.epoch_changed);
+        CHECK(jb.history_count == 2);
+    }
+
+    nats.restart_wiped();
+    REQUIRE(TestServer::eventually([&] { return a.server().cluster()->stats().epoch_changes >= 1; }, 10'000ms));
+    alice->send(Say{"lobby", "new history"});
+    d = delivers(*alice, 1);
+    REQUIRE(d.size() == 1);
+    CHECK(d[0].position.epoch != epoch);
+    TestServer c(node_config(nats, "c"));
+    auto carol = member(c.port(), "carol");
+    auto jc = resume(*carol, "lobby", Position{epoch, 2});
+    CHECK(jc.epoch_changed);
+    CHECK(jc.epoch == d[0].position.epoch);
+    CHECK(jc.history_count == 1);
+}
+
+TEST_CASE("the broker paused for less than dead-after: nothing lost, nothing twice, sessions stay") {
+    NatsServer nats;
+    TestServer a(node_config(nats, "a"));
+    TestServer b(node_config(nats, "b"));
+    auto alice = member(a.port(), "alice");
+    auto bob = member(b.port(), "bob");
+    REQUIRE(alice->join("lobby"));
+    REQUIRE(bob->join("lobby"));
+    nats.pause();
+    for (int i = 0; i < 5; ++i) alice->send(Say{"lobby", "paused " + std::to_string(i)});
+    std::this_thread::sleep_for(400ms);  // the fault itself lasts this long; nothing waits on it
+    nats.resume();
+    for (auto* c : {alice.get(), bob.get()}) {
+        auto got = delivers(*c, 5);
+        REQUIRE(got.size() == 5);
+        for (int i = 0; i < 5; ++i) CHECK(got[i].text == "paused " + std::to_string(i));
+        CHECK(no_more_delivers(*c));
+        CHECK_FALSE(c->closed());
+    }
+}
+
+TEST_CASE("the broker paused past dead-after: SAY is refused as unavailable, heartbeats go on, then all resyncs") {
+    NatsServer nats;
+    TestServer a(node_config(nats, "a"));
+    TestServer b(node_config(nats, "b"));
+    auto alice = member(a.port(), "alice");
+    auto bob = member(b.port(), "bob");
+    REQUIRE(alice->join("lobby"));
+    REQUIRE(bob->join("lobby"));
+
+    nats.pause();
+    // Sent before the node knows: accepted, kept, sent again with its
+    // Nats-Msg-Id after the broker is back, stored once.
+    alice->send(Say{"lobby", "sent into the pause"});
+    REQUIRE(TestServer::eventually([&] { return !a.server().cluster()->available(); }, 5000ms));
+    alice->send(Say{"lobby", "refused"});
+    auto e = alice->read_until<Error>(3000ms);
+    REQUIRE(e);
+    CHECK(e->code == ErrorCode::unavailable);
+    CHECK_FALSE(e->fatal);
+    std::this_thread::sleep_for(1500ms);  // the fault lasts; the sessions' heartbeats go on meanwhile
+    nats.resume();
+    REQUIRE(TestServer::eventually([&] { return a.server().cluster()->available(); }, 10'000ms));
+
+    alice->send(Say{"lobby", "after"});
+    for (auto* c : {alice.get(), bob.get()}) {
+        auto got = delivers(*c, 2);
+        REQUIRE(got.size() == 2);
+        CHECK(got[0].text == "sent into the pause");
+        CHECK(got[1].text == "after");
+        CHECK(no_more_delivers(*c));
+        CHECK_FALSE(c->closed());
+    }
+    const auto stats = a.server().cluster()->stats();
+    CHECK(stats.refused >= 1);
+    CHECK(stats.failed == 0);
+}
