@@ -260,6 +260,9 @@ struct ClusterBroker::Impl {
     std::atomic<bool> link_up = true;
     std::atomic<std::uint64_t> link_down_since_ms = 0;
     bool last_available = true;  // worker thread
+    std::vector<std::function<void()>> tick_hooks;       // set before start()
+    std::vector<std::function<void()>> reconnect_hooks;  // set before start()
+    std::vector<std::function<void()>> stop_hooks;       // set before start()
 
     explicit Impl(ClusterBroker& b) : broker(b) {}
 
@@ -287,6 +290,7 @@ struct ClusterBroker::Impl {
             if (jobs_stop) break;
             lock.unlock();
             check_unacked();
+            for (auto& hook : tick_hooks) hook();
             lock.lock();
         }
     }
@@ -611,6 +615,7 @@ struct ClusterBroker::Impl {
         // The stream may be new (a wiped store): check it before anything
         // received from now on is put on a room's log.
         self.submit([&self] { self.verify_stream(); });
+        for (auto& hook : self.reconnect_hooks) hook();
     }
 
     void verify_stream() {
@@ -675,6 +680,8 @@ void ClusterBroker::stop(std::chrono::milliseconds grace) {
     }
     impl_->jobs_ready.notify_all();
     if (impl_->worker.joinable()) impl_->worker.join();
+    for (auto& hook : impl_->stop_hooks) hook();
+    impl_->stop_hooks.clear();
     for (auto& [room, sub] : impl_->subscriptions) natsSubscription_Destroy(sub);
     impl_->subscriptions.clear();
     if (impl_->connection != nullptr) natsConnection_Close(impl_->connection);
@@ -691,6 +698,16 @@ void ClusterBroker::stop(std::chrono::milliseconds grace) {
     impl_->connection = nullptr;
     impl_->options = nullptr;
 }
+
+natsConnection* ClusterBroker::nats_connection() const noexcept { return impl_->connection; }
+jsCtx* ClusterBroker::jetstream() const noexcept { return impl_->js; }
+const std::string& ClusterBroker::node_id() const noexcept { return impl_->node_id; }
+void ClusterBroker::run_on_worker(std::function<void()> job) { impl_->submit(std::move(job)); }
+void ClusterBroker::run_on_hub(std::function<void()> work) { push(HubWork{std::move(work)}); }
+void ClusterBroker::on_worker_tick(std::function<void()> hook) { impl_->tick_hooks.push_back(std::move(hook)); }
+void ClusterBroker::on_reconnected(std::function<void()> hook) { impl_->reconnect_hooks.push_back(std::move(hook)); }
+void ClusterBroker::on_stopping(std::function<void()> hook) { impl_->stop_hooks.push_back(std::move(hook)); }
+bool ClusterBroker::link_up() const noexcept { return impl_->link_up.load(); }
 
 // --- the inbox ---
 

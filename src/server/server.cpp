@@ -69,7 +69,8 @@ Server::Server(ServerConfig config)
       log_(server_log()),
       broker_(make_broker()),
       hub_(*broker_, *this, shards_.size(),
-           HubLimits{config_.max_rooms_per_session, config_.max_frame, config_.queue_limit / 2, config_.presence_limit}),
+           HubLimits{config_.max_rooms_per_session, config_.max_frame, config_.queue_limit / 2, config_.presence_limit,
+                     std::chrono::milliseconds(config_.cluster_dead_after)}),
       env_{config_, hub_, hub_context_.get_executor(), log_, PULSECHAT_VERSION, {}},
       access_(AuthLimits{config_.auth_max_failures, config_.auth_window, config_.auth_lockout}),
       signals_(hub_context_),
@@ -78,6 +79,13 @@ Server::Server(ServerConfig config)
       watchdog_timer_(hub_context_),
       live_(shards_.size()) {
     start_time_ = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+#if PULSECHAT_HAVE_CLUSTER
+    if (cluster_ != nullptr) {
+        directory_ = std::make_unique<ClusterDirectory>(*cluster_, std::chrono::milliseconds(config_.cluster_dead_after),
+                                                        config_.cluster_replicas);
+        hub_.set_directory(directory_.get());
+    }
+#endif
     for (auto& shard : shards_) {
         work_.push_back(asio::make_work_guard(*shard));
         env_.shard_metrics.push_back(std::make_unique<ShardMetrics>());
@@ -128,7 +136,10 @@ void Server::post(std::size_t shard, std::function<void()> work) { asio::post(*s
 std::vector<asio::ip::tcp::endpoint> Server::listen() {
 #if PULSECHAT_HAVE_CLUSTER
     // NATS first: a node that cannot reach its cluster does not take clients.
-    if (cluster_ != nullptr) cluster_->start();
+    if (cluster_ != nullptr) {
+        cluster_->start();
+        directory_->start();
+    }
 #endif
     const auto address = asio::ip::make_address(config_.bind);
     asio::ip::tcp::endpoint endpoint(address, config_.port);

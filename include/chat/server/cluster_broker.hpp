@@ -46,6 +46,10 @@ namespace spdlog {
 class logger;
 }
 
+// libnats' handles, as nats.h declares them (so this header needs no nats.h).
+typedef struct __natsConnection natsConnection;
+typedef struct __jsCtx jsCtx;
+
 namespace chat {
 
 struct ClusterConfig {
@@ -168,6 +172,24 @@ public:
     // Thread-safe (tests and the admin listener read them from other threads).
     bool available() const noexcept { return available_.load(std::memory_order_relaxed); }
 
+    // --- for the cluster directory, which shares this node's NATS connection ---
+    natsConnection* nats_connection() const noexcept;
+    jsCtx* jetstream() const noexcept;
+    // This node's id (name and incarnation), unique across restarts.
+    const std::string& node_id() const noexcept;
+    // Runs `job` on the worker thread (blocking requests are allowed there).
+    void run_on_worker(std::function<void()> job);
+    // From any thread but the hub's: runs `work` on the hub's thread, through
+    // the bounded inbox (waits while it is full).
+    void run_on_hub(std::function<void()> work);
+    // Called on the worker thread about every 100 ms.
+    void on_worker_tick(std::function<void()> hook);
+    // Called on libnats' thread after every reconnection.
+    void on_reconnected(std::function<void()> hook);
+    bool link_up() const noexcept;
+    // Called by stop() after the worker has stopped, before the connection closes.
+    void on_stopping(std::function<void()> hook);
+
     // What the broker counted (hub thread), for /metrics and tests.
     struct Stats {
         std::uint64_t published = 0;     // accepted by publish()
@@ -235,8 +257,11 @@ private:
         std::string room;
         std::string reason;
     };
+    struct HubWork {
+        std::function<void()> work;
+    };
     using Event = std::variant<LiveEvent, LoadedEvent, FilledEvent, LinkEvent, EpochEvent, AvailabilityEvent, AckEvent,
-                               FailedEvent>;
+                               FailedEvent, HubWork>;
 
     // From any thread but the hub's: waits while the inbox is full.
     void push(Event event);
@@ -249,6 +274,7 @@ private:
     void handle(AvailabilityEvent& e);
     void handle(AckEvent& e);
     void handle(FailedEvent& e);
+    void handle(HubWork& e) { e.work(); }
     void advance(const std::string& name, RoomState& room);
     void request_load(const std::string& name, RoomState& room);
 

@@ -7,7 +7,9 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <deque>
+#include <set>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -18,6 +20,7 @@
 #include <vector>
 
 #include "chat/server/broker.hpp"
+#include "chat/server/directory.hpp"
 #include "chat/proto/names.hpp"
 #include "chat/server/participant.hpp"
 #include "chat/proto/protocol.hpp"
@@ -37,6 +40,9 @@ struct HubLimits {
     // leaves, renames and disconnects are not announced, and JOINED lists only
     // the joiner. 0: every room announces everything.
     std::size_t presence_limit = 250;
+    // With a directory (a cluster): a node not heard from for this long is
+    // dead; its members time out in every room here.
+    std::chrono::milliseconds peer_dead_after{3000};
 };
 
 // Where resume tokens come from: 192 bits from OpenSSL's RAND_bytes (the
@@ -44,10 +50,13 @@ struct HubLimits {
 // "no resumption offered", only if neither source works.
 std::string make_resume_token() noexcept;
 
-class Hub final : private Broker::Listener {
+class Hub final : private Broker::Listener, private Directory::Listener {
 public:
     Hub(Broker& broker, ShardPoster& poster, std::size_t shard_count, HubLimits limits);
     ~Hub() override;
+    // Makes this hub one node of a cluster: nicks are claimed through
+    // `directory`, and the other nodes' members are part of every room.
+    void set_directory(Directory* directory);
     Hub(const Hub&) = delete;
     Hub& operator=(const Hub&) = delete;
 
@@ -80,6 +89,7 @@ public:
     // The session holding `nick`, if any.
     std::optional<std::uint64_t> holder_of(std::string_view nick) const;
     const HubLimits& limits() const noexcept { return limits_; }
+    const ClusterView& cluster_view() const noexcept { return view_; }
 
 private:
     // A resume token kept inline: a 10,000-member room holds 10,000 of them.
@@ -105,8 +115,15 @@ private:
         // A JOIN waits while its room's log is being opened (a cluster broker
         // loads it), and so does every later request of the session, so that
         // the session's requests are still answered in the order it sent them.
-        std::size_t waiting_joins = 0;
+        std::size_t waiting = 0;
         std::deque<Request> held;
+    };
+    // A nick claim on its way through the directory: a login, or a rename.
+    struct PendingClaim {
+        std::shared_ptr<Participant> participant;
+        NickName nick;
+        std::string token;  // login: the new session's resume token
+        bool rename = false;
     };
     // A room whose log the broker is still opening: the JOINs waiting for it.
     struct OpeningRoom {
@@ -122,6 +139,18 @@ private:
     void release_held(std::uint64_t id);
     void drop_if_unused(Room& room);
     void on_publish_failed(std::uint64_t sender_id, std::string_view room, std::string_view reason) override;
+    void on_nick_claimed(std::uint64_t request, Directory::Claim outcome, std::string_view previous_node) override;
+    void on_peer_event(const PeerEvent& event) override;
+    void on_directory_tick(std::chrono::steady_clock::time_point now) override;
+    void on_directory_reconnected() override;
+    void complete_login(const std::shared_ptr<Participant>& participant, const NickName& nick, std::string token);
+    void complete_rename(SessionRecord& record, const NickName& nick);
+    void apply_changes(const std::vector<ClusterView::Change>& changes);
+    void announce(PeerEvent::Kind kind, const NickName& nick, std::string_view room = {},
+                  PresenceEvent presence = PresenceEvent::left, std::string_view detail = {});
+    PeerEvent state_event() const;
+    // Members here and on the other nodes.
+    std::size_t population(const Room& room) const;
     void leave(SessionRecord& record, const RoomName& room);
     void say(SessionRecord& record, const RoomName& room, std::string_view text);
     void whisper(SessionRecord& record, const NickName& to, std::string_view text);
@@ -138,7 +167,9 @@ private:
         return limits_.presence_limit > 0 && members > limits_.presence_limit;
     }
     static bool is_member(const SessionRecord& record, const Room* room) noexcept;
-    void remove_from_room(SessionRecord& record, Room& room, PresenceEvent event, std::string_view detail);
+    // `tell_cluster`: announce the leave (a disconnect announces one offline instead).
+    void remove_from_room(SessionRecord& record, Room& room, PresenceEvent event, std::string_view detail,
+                          bool tell_cluster = true);
     static std::uint64_t now_ms();
 
     Broker& broker_;
@@ -149,6 +180,12 @@ private:
     std::unordered_map<std::string, std::uint64_t, StringHash, std::equal_to<>> nicks_;
     std::map<std::string, std::unique_ptr<Room>, std::less<>> rooms_;
     std::unordered_map<const Room*, OpeningRoom> opening_;
+    Directory* directory_ = nullptr;
+    ClusterView view_;
+    std::unordered_map<std::uint64_t, PendingClaim> claims_;  // by claim number
+    std::unordered_map<std::uint64_t, std::uint64_t> claim_of_;  // session id -> its claim
+    std::set<std::string, std::less<>> claiming_;  // nicks with a claim on the way
+    std::uint64_t next_claim_ = 1;
     Stats stats_;
 };
 

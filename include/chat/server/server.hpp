@@ -20,6 +20,7 @@
 #include "chat/server/service_notify.hpp"
 #include "chat/server/broker.hpp"
 #include "chat/server/cluster_broker.hpp"
+#include "chat/server/cluster_directory.hpp"
 #include "chat/server/server_config.hpp"
 #include "chat/server/hub.hpp"
 #include "chat/server/room.hpp"
@@ -120,6 +121,8 @@ private:
     std::shared_ptr<spdlog::logger> log_;
     // Before broker_: make_broker() sets it while broker_ is made.
     ClusterBroker* cluster_ = nullptr;
+    // Destroyed after broker_ (whose stop() cleans it up): declared before it.
+    std::unique_ptr<ClusterDirectory> directory_;
     std::unique_ptr<Broker> broker_;  // LocalBroker, or ClusterBroker with --cluster
     Hub hub_;
     SessionEnv env_;
