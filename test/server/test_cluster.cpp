@@ -363,3 +363,68 @@ TEST_CASE("the broker paused past dead-after: SAY is refused as unavailable, hea
     CHECK(stats.refused >= 1);
     CHECK(stats.failed == 0);
 }
+
+TEST_CASE("nicks are unique across nodes; presence, WHO, LIST and WHISPER span them; a resume token moves a nick") {
+    NatsServer nats;
+    TestServer a(node_config(nats, "a"));
+    TestServer b(node_config(nats, "b"));
+    auto alice = std::make_unique<TestClient>(a.port());
+    alice->keep_alive(200ms);
+    auto welcome = alice->login("alice");
+    REQUIRE(welcome);
+    {
+        TestClient twin(b.port());
+        twin.send(Hello{"alice", {}, {}});
+        auto e = twin.read_until<Error>(5000ms);
+        REQUIRE(e);
+        CHECK(e->code == ErrorCode::nick_taken);
+        CHECK(e->fatal);
+    }
+    auto bob = member(b.port(), "bob");
+    REQUIRE(alice->join("lobby"));
+    auto joined = bob->join("lobby");
+    REQUIRE(joined);
+    // (JOINED lists the other node's members it has heard of: alice's join
+    // may still be on its way, so only WHO below is checked for both.)
+    CHECK(joined->members.back() == "bob");
+    auto p = alice->read_until<Presence>(5000ms);
+    REQUIRE(p);
+    CHECK(p->nick == "bob");
+    CHECK(p->event == PresenceEvent::joined);
+
+    // Alice saw bob's join, so her node's news (sent before it) is in too.
+    std::set<std::string> names;
+    REQUIRE(TestServer::eventually([&] {
+        bob->send(Who{"lobby"});
+        auto who = bob->read_until<Members>(5000ms);
+        if (!who) return false;
+        names = std::set<std::string>(who->nicks.begin(), who->nicks.end());
+        return names.size() == 2;
+    }, 5000ms));
+    CHECK(names == std::set<std::string>{"alice", "bob"});
+    bob->send(List{});
+    auto rooms = bob->read_until<Rooms>(5000ms);
+    REQUIRE(rooms);
+    REQUIRE(rooms->rooms.size() == 1);
+    CHECK(rooms->rooms[0].members == 2);
+
+    bob->send(Whisper{"alice", 0, "psst", false});
+    auto w = alice->read_until<Whisper>(5000ms);
+    REQUIRE(w);
+    CHECK(w->peer == "bob");
+    CHECK(w->text == "psst");
+
+    // Alice comes back on node b with her token: b takes the nick over, a's session is replaced.
+    auto again = std::make_unique<TestClient>(b.port());
+    again->keep_alive(200ms);
+    REQUIRE(again->login("alice", welcome->resume_token));
+    auto replaced = alice->read_until<Error>(5000ms);
+    REQUIRE(replaced);
+    CHECK(replaced->code == ErrorCode::replaced);
+    // Bob hears exactly one departure of the old session.
+    auto gone = bob->read_until<Presence>(5000ms);
+    REQUIRE(gone);
+    CHECK(gone->nick == "alice");
+    CHECK(gone->event == PresenceEvent::disconnected);
+    CHECK(no_more_delivers(*bob));
+}
