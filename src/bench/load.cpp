@@ -63,6 +63,10 @@ std::string validate(const BenchConfig& c) {
     if (c.threads < 1 || c.threads > 64) return "--threads must be between 1 and 64";
     if (c.connect_concurrency < 1) return "--connect-concurrency must be at least 1";
     if (c.duration.count() <= 0 && c.count == 0) return "--duration must be positive (or give --count)";
+    for (const auto port : c.ports)
+        if (port == 0) return "--port must be between 1 and 65535";
+    if (c.publishers_on_first && c.ports.size() < 2) return "--publishers-on-first needs more than one --port";
+    if (c.publishers_on_first && c.idle) return "--publishers-on-first goes with publishers, not --idle";
     if (!c.tls && (c.tls_insecure || !c.tls_ca.empty())) return "--ca and --insecure go with --tls";
 #if !PULSECHAT_HAVE_OPENSSL
     if (c.tls) return "--tls: this chat_bench was built without TLS (meson option tls)";
@@ -124,7 +128,7 @@ struct Shared {
     explicit Shared(const BenchConfig& c) : cfg(c) {}
 
     const BenchConfig& cfg;
-    tcp::endpoint server;
+    std::vector<tcp::endpoint> servers;  // by port index: a member's port_index picks its node
     std::vector<asio::ip::address_v4> sources;
     std::vector<std::string> room_names;
     std::vector<std::uint32_t> room_members;
@@ -205,6 +209,7 @@ struct Member {
     std::uint32_t room_members = 0;
     std::int32_t slot = -1;  // publisher slot in the room, -1 when not publishing
     std::uint32_t publisher_number = 0;  // among all publishers: places it in the rate schedule
+    std::uint32_t port_index = 0;  // which of --port it connects to (its redis publish link too)
     std::string nick;
     std::unique_ptr<Link> link;
     std::unique_ptr<Link> pub_link;  // redis publishers only
@@ -585,7 +590,7 @@ void Link::start_connect() {
         fail("cannot open a socket: " + ec.message());
         return;
     }
-    socket_.async_connect(shared.server, [this](const asio::error_code& e) { on_connect(e); });
+    socket_.async_connect(shared.servers[member_.port_index], [this](const asio::error_code& e) { on_connect(e); });
 }
 
 void Link::on_connect(const asio::error_code& ec) {
@@ -956,15 +961,20 @@ BenchResult run_bench(const BenchConfig& cfg, const ProgressFn& progress) {
     BenchResult result;
     Shared shared(cfg);
 
-    // --- the server's address and the source addresses ---
+    // --- the servers' addresses and the source addresses ---
     {
         asio::io_context resolve_ctx;
         tcp::resolver resolver(resolve_ctx);
-        const auto port = cfg.port != 0 ? cfg.port : default_port(cfg.proto);
-        auto results = resolver.resolve(tcp::v4(), cfg.host, std::to_string(port));
-        shared.server = *results.begin();
+        std::vector<std::uint16_t> ports = cfg.ports;
+        if (ports.empty()) ports.push_back(default_port(cfg.proto));
+        for (const auto port : ports) {
+            auto results = resolver.resolve(tcp::v4(), cfg.host, std::to_string(port));
+            shared.servers.push_back(*results.begin());
+        }
     }
-    const bool loopback = shared.server.address().is_loopback();
+    const std::size_t port_count = shared.servers.size();
+    result.links_per_port.assign(port_count, 0);
+    const bool loopback = shared.servers.front().address().is_loopback();
     const std::size_t extra_links = cfg.proto == Proto::redis && !cfg.idle ? cfg.publishers * cfg.rooms : 0;
     const std::size_t link_count = cfg.connections + extra_links;
     std::size_t source_count = cfg.source_addrs;
@@ -1022,23 +1032,56 @@ BenchResult run_bench(const BenchConfig& cfg, const ProgressFn& progress) {
             ++publisher_number;
         }
         m->next_seq.assign(publishers_per_room, 0);
+        // The k-th member of each room goes to port k mod ports, so that every
+        // room spans the nodes (dealing by i would put a whole room on one node
+        // whenever the number of rooms is a multiple of the number of ports).
+        m->port_index = static_cast<std::uint32_t>(rank % port_count);
+        if (cfg.publishers_on_first && m->slot >= 0) m->port_index = 0;
         m->link = std::make_unique<Link>(worker, *m, false, global_link++);
-        if (cfg.proto == Proto::redis && m->slot >= 0)
+        ++result.links_per_port[m->port_index];
+        if (cfg.proto == Proto::redis && m->slot >= 0) {
             m->pub_link = std::make_unique<Link>(worker, *m, true, global_link++);
+            ++result.links_per_port[m->port_index];
+        }
         worker.add(std::move(m));
     }
     result.links = global_link;
 
     // --- connect ---
-    std::optional<ProcSample> server_before;
-    if (cfg.server_pid > 0) {
-        server_before = sample_process(cfg.server_pid);
-        result.have_server = server_before.has_value();
-        if (server_before) result.server_rss_base_kib = server_before->rss_kib;
+    // Every --server-pid that can be read; the k-th serves the k-th port.
+    for (std::size_t k = 0; k < cfg.server_pids.size(); ++k) {
+        const int pid = cfg.server_pids[k];
+        if (pid <= 0) continue;
+        const auto before = sample_process(pid);
+        if (!before) continue;
+        ServerSample s;
+        s.pid = pid;
+        if (k < port_count) {
+            s.port = shared.servers[k].port();
+            s.links = result.links_per_port[k];
+        }
+        s.rss_base_kib = s.rss_peak_kib = before->rss_kib;
+        result.servers.push_back(s);
+        result.server_rss_base_kib += before->rss_kib;
     }
+    result.have_server = !result.servers.empty();
+    result.server_rss_peak_kib = result.server_rss_base_kib;
+    // The peak of the sum: all processes sampled at (nearly) the same moment.
     auto sample_peak = [&] {
         if (!result.have_server) return;
-        if (auto s = sample_process(cfg.server_pid)) result.server_rss_peak_kib = std::max(result.server_rss_peak_kib, s->rss_kib);
+        std::uint64_t sum = 0;
+        for (auto& server : result.servers) {
+            if (auto s = sample_process(server.pid)) {
+                server.rss_peak_kib = std::max(server.rss_peak_kib, s->rss_kib);
+                sum += s->rss_kib;
+            }
+        }
+        result.server_rss_peak_kib = std::max(result.server_rss_peak_kib, sum);
+    };
+    auto sample_all = [&] {
+        std::vector<std::optional<ProcSample>> samples;
+        for (const auto& server : result.servers) samples.push_back(sample_process(server.pid));
+        return samples;
     };
 
     const std::int64_t connect_start = now_ns();
@@ -1110,7 +1153,7 @@ BenchResult run_bench(const BenchConfig& cfg, const ProgressFn& progress) {
     std::int64_t measure_start = 0, send_end = 0;
     double self_cpu_start = 0, self_cpu_end = 0;
     std::uint64_t bytes_at_start = 0, reads_at_start = 0, received_at_start = 0;
-    std::optional<ProcSample> server_start, server_end;
+    std::vector<std::optional<ProcSample>> server_start, server_end;
     auto begin_measuring = [&] {
         measure_start = now_ns();
         self_cpu_start = self_cpu_seconds();
@@ -1118,13 +1161,13 @@ BenchResult run_bench(const BenchConfig& cfg, const ProgressFn& progress) {
         bytes_at_start = at_start.bytes_read;
         reads_at_start = at_start.reads;
         received_at_start = at_start.received;
-        if (result.have_server) server_start = sample_process(cfg.server_pid);
+        if (result.have_server) server_start = sample_all();
         shared.measure_start_ns.store(measure_start, std::memory_order_relaxed);
     };
     auto end_measuring = [&] {
         send_end = now_ns();
         self_cpu_end = self_cpu_seconds();
-        if (result.have_server) server_end = sample_process(cfg.server_pid);
+        if (result.have_server) server_end = sample_all();
     };
 
     last = totals(shared);
@@ -1209,12 +1252,27 @@ BenchResult run_bench(const BenchConfig& cfg, const ProgressFn& progress) {
         result.mb_per_s = result.delivered_per_s * static_cast<double>(cfg.size) / 1e6;
     }
     if (result.measured_s > 0) result.bench_cpu_pct = 100.0 * (self_cpu_end - self_cpu_start) / result.measured_s;
-    if (server_start && server_end && result.measured_s > 0) {
-        result.server_cpu_pct = 100.0 * (server_end->cpu_s - server_start->cpu_s) / result.measured_s;
-        result.server_rss_kib = server_end->rss_kib;
-        result.server_rss_peak_kib = std::max(result.server_rss_peak_kib, server_end->rss_kib);
-        if (result.links > 0 && server_end->rss_kib >= result.server_rss_base_kib)
-            result.rss_per_conn_kib = static_cast<double>(server_end->rss_kib - result.server_rss_base_kib) /
+    if (result.have_server && result.measured_s > 0 && server_start.size() == result.servers.size() &&
+        server_end.size() == result.servers.size()) {
+        std::uint64_t rss_sum = 0;
+        for (std::size_t k = 0; k < result.servers.size(); ++k) {
+            ServerSample& s = result.servers[k];
+            const auto& from = server_start[k];
+            const auto& to = server_end[k];
+            if (!from || !to) continue;
+            s.cpu_pct = 100.0 * (to->cpu_s - from->cpu_s) / result.measured_s;
+            s.rss_kib = to->rss_kib;
+            s.rss_peak_kib = std::max(s.rss_peak_kib, to->rss_kib);
+            if (s.links > 0 && to->rss_kib >= s.rss_base_kib)
+                s.rss_per_conn_kib =
+                    static_cast<double>(to->rss_kib - s.rss_base_kib) / static_cast<double>(s.links);
+            result.server_cpu_pct += s.cpu_pct;
+            rss_sum += to->rss_kib;
+        }
+        result.server_rss_kib = rss_sum;
+        result.server_rss_peak_kib = std::max(result.server_rss_peak_kib, rss_sum);
+        if (result.links > 0 && rss_sum >= result.server_rss_base_kib)
+            result.rss_per_conn_kib = static_cast<double>(rss_sum - result.server_rss_base_kib) /
                                       static_cast<double>(result.links);
     }
 

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -63,6 +64,12 @@ std::string json_string(std::string_view s) {
     return out + "\"";
 }
 
+std::string joined(const auto& values) {
+    std::string out;
+    for (const auto& v : values) out += (out.empty() ? "" : ",") + fmt::format("{}", v);
+    return out;
+}
+
 std::string to_json(const BenchConfig& c, const BenchResult& r, const std::string& label) {
     const auto& h = r.latency;
     std::string out = "{";
@@ -78,6 +85,10 @@ std::string to_json(const BenchConfig& c, const BenchResult& r, const std::strin
     field("mode", json_string(c.idle ? "idle" : c.rate > 0 ? "rate" : "max"));
     integer("connections", c.connections);
     integer("links", r.links);
+    // Several ports (nodes of one cluster): which, and how many connections each got.
+    field("ports", json_string(joined(c.ports)));
+    field("links_per_port", json_string(joined(r.links_per_port)));
+    field("publishers_on_first", c.publishers_on_first ? "true" : "false");
     integer("rooms", c.rooms);
     integer("publishers_per_room", c.idle ? 0 : c.publishers);
     number("rate", c.rate);
@@ -119,6 +130,19 @@ std::string to_json(const BenchConfig& c, const BenchResult& r, const std::strin
         integer("server_rss_kib", r.server_rss_kib);
         integer("server_rss_peak_kib", r.server_rss_peak_kib);
         number("rss_per_conn_kib", r.rss_per_conn_kib);
+        // Each --server-pid on its own; the keys differ from the sums' above, so
+        // that a flat reader (bench/run's sed) never mistakes one for the other.
+        std::string nodes = "[";
+        for (const auto& s : r.servers) {
+            if (nodes.size() > 1) nodes += ", ";
+            nodes += fmt::format(
+                "{{\"node_pid\": {}, \"node_port\": {}, \"node_links\": {}, \"node_cpu_pct\": {:.6g}, "
+                "\"node_rss_base_kib\": {}, \"node_rss_kib\": {}, \"node_rss_peak_kib\": {}, "
+                "\"node_rss_per_conn_kib\": {:.6g}}}",
+                s.pid, s.port, s.links, finite(s.cpu_pct), s.rss_base_kib, s.rss_kib, s.rss_peak_kib,
+                finite(s.rss_per_conn_kib));
+        }
+        field("servers", nodes + "]");
     }
     field("aborted", r.aborted ? "true" : "false");
     field("ok", r.ok() ? "true" : "false");
@@ -129,14 +153,18 @@ std::string to_json(const BenchConfig& c, const BenchResult& r, const std::strin
 void print_table(std::FILE* f, const BenchConfig& c, const BenchResult& r) {
     const auto& h = r.latency;
     const std::string rate = c.rate > 0 ? si(c.rate, "msg/s") : fmt::format("max (window {})", c.window);
+    const std::string ports = fmt::format("{}", fmt::join(c.ports, ","));
     if (c.idle)
         fmt::print(f, "chat_bench: {} at {}:{}, {} idle connections in {} room(s) for {:.0f} s\n",
-                   chat::bench::to_string(c.proto), c.host, c.port, c.connections, c.rooms, r.measured_s);
+                   chat::bench::to_string(c.proto), c.host, ports, c.connections, c.rooms, r.measured_s);
     else
         fmt::print(f, "chat_bench: {} at {}:{}, {} connections, {} room(s), {} publisher(s) per room, rate {}, {} B\n",
-                   chat::bench::to_string(c.proto), c.host, c.port, c.connections, c.rooms, c.publishers, rate,
+                   chat::bench::to_string(c.proto), c.host, ports, c.connections, c.rooms, c.publishers, rate,
                    c.size);
     fmt::print(f, "  connect     {:.2f} s for {} connections\n", r.connect_s, r.links);
+    if (c.ports.size() > 1)
+        fmt::print(f, "  ports       {} connections to {} in that order{}\n", fmt::join(r.links_per_port, " + "), ports,
+                   c.publishers_on_first ? " (every publisher on the first)" : "");
     if (!c.idle && !r.aborted) {
         fmt::print(f, "  published   {}  ({} in {:.2f} s after {:.1f} s warm-up)\n", si(r.published_per_s, "msg/s"),
                    r.published, r.measured_s, static_cast<double>(c.warmup.count()) / 1e3);
@@ -150,10 +178,16 @@ void print_table(std::FILE* f, const BenchConfig& c, const BenchResult& r) {
     fmt::print(f, "  loss        {} lost, {} duplicated or reordered, {} misrouted; {} disconnects, {} errors\n", r.lost,
                r.duplicates, r.misrouted, r.disconnects, r.errors);
     if (r.have_server)
-        fmt::print(f, "  server      CPU {:.0f}%  RSS {:.1f} MiB (before {:.1f}, peak {:.1f}; {:.2f} KiB per connection)\n",
+        fmt::print(f, "  server      CPU {:.0f}%  RSS {:.1f} MiB (before {:.1f}, peak {:.1f}; {:.2f} KiB per connection){}\n",
                    r.server_cpu_pct, static_cast<double>(r.server_rss_kib) / 1024,
                    static_cast<double>(r.server_rss_base_kib) / 1024, static_cast<double>(r.server_rss_peak_kib) / 1024,
-                   r.rss_per_conn_kib);
+                   r.rss_per_conn_kib, r.servers.size() > 1 ? " in all" : "");
+    if (r.servers.size() > 1)
+        for (const auto& s : r.servers)
+            fmt::print(f, "    pid {:<7} {:>11}  CPU {:.0f}%  RSS {:.1f} MiB (before {:.1f}; {:.2f} KiB per connection)\n",
+                       s.pid, s.port != 0 ? fmt::format("port {}", s.port) : std::string("(no port)"), s.cpu_pct,
+                       static_cast<double>(s.rss_kib) / 1024, static_cast<double>(s.rss_base_kib) / 1024,
+                       s.rss_per_conn_kib);
     fmt::print(f, "  chat_bench  CPU {:.0f}% ({} thread(s)); {} heartbeats sent (at most {:.0f} ms late), {} pings answered\n",
                r.bench_cpu_pct, c.threads, r.heartbeats_sent, r.max_heartbeat_lag_ms, r.pings_answered);
     if (r.ok())
@@ -201,7 +235,16 @@ int main(int argc, char** argv) {
     std::size_t size = cfg.size;
 
     app.add_option("--host", cfg.host, "Server address")->capture_default_str();
-    app.add_option("--port", cfg.port, "Server port (default: 7000 chat, 4222 nats, 6379 redis)");
+    std::vector<std::uint16_t> port_list;
+    std::vector<std::uint16_t> ports_csv;
+    app.add_option("--port", port_list,
+                   "Server port (default: 7000 chat, 4222 nats, 6379 redis); repeat it for the nodes of one "
+                   "pulsechat cluster: each room's members are dealt round-robin over them")
+        ->type_name("PORT");
+    app.add_option("--ports", ports_csv, "The same as repeated --port: PORT,PORT,...")->delimiter(',')->type_name("LIST");
+    app.add_flag("--publishers-on-first", cfg.publishers_on_first,
+                 "With several ports: every publisher connects to the first (node A), the other members are dealt "
+                 "over all of them");
     app.add_option("--proto", proto, "Protocol: chat, nats or redis")
         ->capture_default_str()
         ->check(CLI::IsMember({"chat", "nats", "redis"}));
@@ -237,7 +280,10 @@ int main(int argc, char** argv) {
                    "Source addresses to spread connections over (default: one per 16k on loopback)");
     app.add_option("--connect-concurrency", cfg.connect_concurrency, "Handshakes in flight per thread")
         ->capture_default_str();
-    app.add_option("--server-pid", cfg.server_pid, "Report this process's CPU and RSS (from /proc)");
+    app.add_option("--server-pid", cfg.server_pids,
+                   "Report this process's CPU and RSS (from /proc); repeat it for several: the k-th is the server "
+                   "of the k-th port, any more (a cluster's nats-server) are reported too; the sums go in server_*")
+        ->type_name("PID");
     app.add_option("--nick-prefix", cfg.nick_prefix, "Nicknames are PREFIX0, PREFIX1, ... (default from the pid)");
     app.add_option("--label", label, "A name for this run, copied into the JSON");
     app.add_flag("--json", json, "Print the result as one JSON object on stdout (the table goes to stderr)");
@@ -249,7 +295,11 @@ int main(int argc, char** argv) {
         return chat::exit_status(app, e);
     }
     cfg.proto = *chat::bench::parse_proto(proto);
-    if (cfg.port == 0) cfg.port = chat::bench::default_port(cfg.proto);
+    cfg.ports = port_list;
+    cfg.ports.insert(cfg.ports.end(), ports_csv.begin(), ports_csv.end());
+    if (cfg.ports.empty()) cfg.ports.push_back(0);
+    for (auto& port : cfg.ports)
+        if (port == 0) port = chat::bench::default_port(cfg.proto);  // as before: 0 is the protocol's usual port
     cfg.size = size;
     if (rate == "max") {
         cfg.rate = 0;

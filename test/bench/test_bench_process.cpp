@@ -196,6 +196,43 @@ TEST_SUITE("chat_bench process") {
         check_small_run("chat", static_cast<std::uint16_t>(std::stoi(*port)), server.pid());
     }
 
+    TEST_CASE("a port list deals each room's members over the ports, and --publishers-on-first puts publishers first") {
+        // One server listening once, named twice: the dealing and the per-port
+        // counts without a cluster (test_bench_cluster runs it over real nodes).
+        Child server({program("CHAT_SERVER", "chat_server"), "--bind", "127.0.0.1", "--port", "0", "--rate", "0",
+                      "--history", "0", "--log-level", "warn"});
+        const auto port = server.wait_for_line(std::regex("listening on [0-9.]+:([0-9]+)"), 5s);
+        REQUIRE(port);
+        Child bench({program("CHAT_BENCH", "chat_bench"), "--ports", *port + "," + *port, "--port", *port,
+                     "--publishers-on-first", "--connections", "12", "--rooms", "1", "--publishers", "3", "--count",
+                     "90", "--warmup", "0", "--server-pid", std::to_string(server.pid()), "--json", "--no-progress"});
+        const auto status = bench.wait_exit(20s);
+        INFO(bench.output());
+        REQUIRE(status.has_value());
+        CHECK(*status == 0);
+        const std::string json = json_line(bench.output());
+        CHECK(field(json, "ok") == "true");
+        // --port first, then --ports. Ranks 0-2 publish (first port); 3..11 by rank mod 3.
+        CHECK(field(json, "ports") == "\"" + *port + "," + *port + "," + *port + "\"");
+        CHECK(field(json, "links_per_port") == "\"6,3,3\"");
+        CHECK(field(json, "delivered") == "1080");
+        CHECK(field(json, "lost") == "0");
+        // The sums over --server-pid and the one process on its own.
+        CHECK(field(json, "node_pid") == std::to_string(server.pid()));
+        CHECK(field(json, "node_links") == "6");
+        CHECK(std::stod(field(json, "server_rss_kib")) > 0);
+    }
+
+    TEST_CASE("--publishers-on-first with a single port is refused as a bad option") {
+        Child bench({program("CHAT_BENCH", "chat_bench"), "--port", "7000", "--publishers-on-first", "--json",
+                     "--no-progress"});
+        const auto status = bench.wait_exit(5s);
+        INFO(bench.output());
+        REQUIRE(status.has_value());
+        CHECK(*status == 2);
+        CHECK(bench.output().find("needs more than one --port") != std::string::npos);
+    }
+
     TEST_CASE("chat_bench counts the server going away as disconnects and exits non-zero") {
         Child server({program("CHAT_SERVER", "chat_server"), "--bind", "127.0.0.1", "--port", "0",
                       "--log-level", "warn"});

@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "chat/bench/histogram.hpp"
 
@@ -22,7 +23,12 @@ std::uint16_t default_port(Proto proto);
 
 struct BenchConfig {
     std::string host = "127.0.0.1";
-    std::uint16_t port = 0;  // 0: the protocol's usual port
+    // The server's port, or several: the nodes of one pulsechat cluster, each
+    // room's members dealt round-robin over them (empty: the protocol's usual port).
+    std::vector<std::uint16_t> ports;
+    // With several ports: every publisher connects to the first one (node A),
+    // the other members are dealt round-robin over all of them.
+    bool publishers_on_first = false;
     Proto proto = Proto::chat;
     std::size_t connections = 100;  // room members; with redis each publisher adds one connection
     std::size_t rooms = 1;
@@ -53,7 +59,10 @@ struct BenchConfig {
     std::string source_base = "127.0.0.2";
     std::size_t source_addrs = 0;  // 0: one per 16k connections when the host is loopback, else none
     std::size_t connect_concurrency = 256;  // handshakes in flight per thread
-    int server_pid = 0;
+    // Processes whose CPU and RSS are reported (from /proc): the k-th is the
+    // server behind the k-th port; more than there are ports are reported too
+    // (a nats-server behind a cluster), with no connections of their own.
+    std::vector<int> server_pids;
     std::string nick_prefix;  // empty: derived from the process id
 };
 
@@ -71,8 +80,21 @@ struct Progress {
 };
 using ProgressFn = std::function<void(const Progress&)>;
 
+// One process of --server-pid, over the measured interval.
+struct ServerSample {
+    int pid = 0;
+    std::uint16_t port = 0;   // the port it serves (the k-th of --port), 0 when none
+    std::size_t links = 0;    // chat_bench's connections to that port
+    double cpu_pct = 0;       // % of one core
+    std::uint64_t rss_base_kib = 0;  // before connecting
+    std::uint64_t rss_kib = 0;       // at the end of the measured interval
+    std::uint64_t rss_peak_kib = 0;  // highest sampled
+    double rss_per_conn_kib = 0;     // (end - base) / links, 0 without links
+};
+
 struct BenchResult {
-    std::size_t links = 0;          // TCP connections made to the server
+    std::size_t links = 0;          // TCP connections made to the server(s)
+    std::vector<std::size_t> links_per_port;  // by the index of --port
     double connect_s = 0;           // first connect to the last member ready (joined, subscribed)
     double measured_s = 0;          // measure start to the last send
     double delivery_window_s = 0;   // measure start to the last measured delivery
@@ -99,13 +121,14 @@ struct BenchResult {
     std::uint64_t pings_answered = 0;
     double max_heartbeat_lag_ms = 0;  // how late past its interval chat_bench sent a heartbeat
     double bench_cpu_pct = 0;         // chat_bench's own CPU over the measured interval
-    // With --server-pid:
+    // With --server-pid (several: the sums over them, and each in `servers`):
     bool have_server = false;
     double server_cpu_pct = 0;
     std::uint64_t server_rss_base_kib = 0;  // before connecting
     std::uint64_t server_rss_kib = 0;       // at the end of the measured interval
     std::uint64_t server_rss_peak_kib = 0;  // highest sampled
     double rss_per_conn_kib = 0;            // (end - base) / links
+    std::vector<ServerSample> servers;      // one per --server-pid that could be read
     bool aborted = false;                   // the run could not start (connect failed)
 
     bool ok() const { return !aborted && lost == 0 && duplicates == 0 && misrouted == 0 && disconnects == 0 && errors == 0; }
