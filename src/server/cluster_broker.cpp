@@ -1,5 +1,7 @@
 #include "chat/server/cluster_broker.hpp"
 
+#include "chat/server/callback_gate.hpp"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -97,6 +99,11 @@ void ClusterRoomLog::load(std::vector<Entry> entries, bool full) {
 void ClusterRoomLog::offer(Entry entry) {
     if (entry.seq <= head_) return;  // had it already (live and fetched both)
     pending_.insert_or_assign(entry.seq, std::move(entry));
+}
+
+void ClusterRoomLog::skip_gap() {
+    if (!pending_.empty()) pending_.begin()->second.last = unknown_link;
+    dropped_possible_ = true;
 }
 
 void ClusterRoomLog::reset() {
@@ -199,6 +206,7 @@ struct ClusterBroker::RoomState {
     std::uint64_t generation;
     bool ready = false;
     bool filling = false;  // a fill is on its way: one at a time per room
+    int unreached_fills = 0;  // fills in a row that did not find what the gap needs
 };
 
 namespace {
@@ -264,7 +272,11 @@ struct ClusterBroker::Impl {
     std::vector<std::function<void()>> reconnect_hooks;  // set before start()
     std::vector<std::function<void()>> stop_hooks;       // set before start()
 
-    explicit Impl(ClusterBroker& b) : broker(b) {}
+    // The closure of every libnats callback (see callback_gate.hpp).
+    using Gate = CallbackGate<Impl>;
+    Gate* gate;
+
+    explicit Impl(ClusterBroker& b) : broker(b), gate(Gate::open(this)) {}
 
     void submit(std::function<void()> job) {
         {
@@ -313,9 +325,9 @@ struct ClusterBroker::Impl {
         natsOptions_SetMaxPingsOut(options, 2);
         natsOptions_SetTimeout(options, std::max<std::int64_t>(1000, dead_after));
         natsOptions_UseGlobalMessageDelivery(options, true);  // a pool, not a thread per room
-        natsOptions_SetDisconnectedCB(options, &Impl::on_disconnected, this);
-        natsOptions_SetReconnectedCB(options, &Impl::on_reconnected, this);
-        natsOptions_SetErrorHandler(options, &Impl::on_error, this);
+        natsOptions_SetDisconnectedCB(options, &Impl::on_disconnected, gate);
+        natsOptions_SetReconnectedCB(options, &Impl::on_reconnected, gate);
+        natsOptions_SetErrorHandler(options, &Impl::on_error, gate);
         s = natsConnection_Connect(&connection, options);
         if (s != NATS_OK)
             throw std::runtime_error(fmt::format("cluster: cannot connect to {}: {}",
@@ -325,7 +337,7 @@ struct ClusterBroker::Impl {
         jo.Wait = std::max<std::int64_t>(1000, dead_after);
         jo.PublishAsync.MaxPending = static_cast<std::int64_t>(2 * broker.config_.max_unacked);
         jo.PublishAsync.AckHandler = &Impl::on_ack;
-        jo.PublishAsync.AckHandlerClosure = this;
+        jo.PublishAsync.AckHandlerClosure = gate;
         s = natsConnection_JetStream(&js, connection, &jo);
         if (s != NATS_OK) throw std::runtime_error("cluster: JetStream context: " + status_text(s));
     }
@@ -385,7 +397,7 @@ struct ClusterBroker::Impl {
         if (subscriptions.contains(room)) return true;
         natsSubscription* sub = nullptr;
         const std::string subject = live_subject(room);
-        natsStatus s = natsConnection_Subscribe(&sub, connection, subject.c_str(), &Impl::on_live, this);
+        natsStatus s = natsConnection_Subscribe(&sub, connection, subject.c_str(), &Impl::on_live, gate);
         if (s != NATS_OK) return false;
         natsSubscription_SetPendingLimits(sub, -1, -1);  // the inbox is the bound
         subscriptions.emplace(room, sub);
@@ -449,7 +461,7 @@ struct ClusterBroker::Impl {
     void fill(const std::string& room, std::uint64_t generation, std::uint64_t after, std::uint64_t upto) {
         std::vector<ClusterRoomLog::Entry> entries;
         const bool ok = fetch(room, after, upto, entries);
-        broker.push(FilledEvent{room, generation, std::move(entries), ok});
+        broker.push(FilledEvent{room, generation, std::move(entries), ok, upto});
     }
 
     // --- publishing ---
@@ -499,7 +511,10 @@ struct ClusterBroker::Impl {
 
     // libnats thread: the outcome of one asynchronous publish.
     static void on_ack(jsCtx*, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* closure) {
-        auto& self = *static_cast<Impl*>(closure);
+        if (!Gate::enter_from(closure, [&](Impl& self) { self.acked(msg, pa, pae); })) natsMsg_Destroy(msg);
+    }
+    void acked(natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae) {
+        Impl& self = *this;
         const std::uint64_t number = number_of(msg);
         bool keep_msg = false;
         if (pa != nullptr) {
@@ -525,7 +540,7 @@ struct ClusterBroker::Impl {
     // Worker thread, every 100 ms: resends, gives up on what waited too long,
     // and tells the hub when the cluster became (un)available.
     void check_unacked() {
-        const std::uint64_t now = now_ms();
+        std::uint64_t now = now_ms();
         const auto dead_after = static_cast<std::uint64_t>(broker.config_.dead_after.count());
         const auto retry_for = static_cast<std::uint64_t>(broker.config_.publish_retry_for.count());
         std::vector<natsMsg*> resend;
@@ -533,9 +548,13 @@ struct ClusterBroker::Impl {
         std::uint64_t oldest_sent = now;
         {
             std::lock_guard lock(unacked_mutex);
+            // Read under the lock: an entry added meanwhile is never "older" than now
+            // (an unsigned age would wrap and give it up at once).
+            now = now_ms();
+            oldest_sent = now;
             for (auto it = unacked.begin(); it != unacked.end();) {
                 Unacked& u = it->second;
-                if (now - u.first_sent_ms > retry_for) {
+                if (now > u.first_sent_ms && now - u.first_sent_ms > retry_for) {
                     if (u.resend) natsMsg_Destroy(u.resend);
                     failed.push_back(FailedEvent{u.sender_id, std::move(u.room),
                                                  "the cluster did not acknowledge it in time"});
@@ -573,7 +592,7 @@ struct ClusterBroker::Impl {
         retried_total.fetch_add(retried, std::memory_order_relaxed);
 
         const bool down_too_long = !link_up.load() && now - link_down_since_ms.load() >= dead_after;
-        const bool acks_too_late = now - oldest_sent >= dead_after;
+        const bool acks_too_late = now > oldest_sent && now - oldest_sent >= dead_after;
         const bool available = !down_too_long && !acks_too_late;
         if (available != last_available) {
             last_available = available;
@@ -585,7 +604,10 @@ struct ClusterBroker::Impl {
     // --- libnats callbacks ---
 
     static void on_live(natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {
-        auto& self = *static_cast<Impl*>(closure);
+        if (!Gate::enter_from(closure, [&](Impl& self) { self.received(msg); })) natsMsg_Destroy(msg);
+    }
+    void received(natsMsg* msg) {
+        Impl& self = *this;
         const std::string_view subject(natsMsg_GetSubject(msg));
         const auto dot = subject.rfind('.');
         auto room = dot == std::string_view::npos ? std::nullopt : room_from_token(subject.substr(dot + 1));
@@ -602,14 +624,20 @@ struct ClusterBroker::Impl {
     }
 
     static void on_disconnected(natsConnection*, void* closure) {
-        auto& self = *static_cast<Impl*>(closure);
+        Gate::enter_from(closure, [](Impl& self) { self.disconnected(); });
+    }
+    void disconnected() {
+        Impl& self = *this;
         self.link_down_since_ms = now_ms();
         self.link_up = false;
         self.broker.push(LinkEvent{false});
     }
 
     static void on_reconnected(natsConnection*, void* closure) {
-        auto& self = *static_cast<Impl*>(closure);
+        Gate::enter_from(closure, [](Impl& self) { self.reconnected(); });
+    }
+    void reconnected() {
+        Impl& self = *this;
         self.link_up = true;
         self.broker.push(LinkEvent{true});
         // The stream may be new (a wiped store): check it before anything
@@ -634,8 +662,8 @@ struct ClusterBroker::Impl {
     }
 
     static void on_error(natsConnection*, natsSubscription*, natsStatus err, void* closure) {
-        auto& self = *static_cast<Impl*>(closure);
-        self.broker.log_->warn("cluster: NATS: {}", natsStatus_GetText(err));
+        Gate::enter_from(closure,
+                         [err](Impl& self) { self.broker.log_->warn("cluster: NATS: {}", natsStatus_GetText(err)); });
     }
 };
 
@@ -680,6 +708,11 @@ void ClusterBroker::stop(std::chrono::milliseconds grace) {
     }
     impl_->jobs_ready.notify_all();
     if (impl_->worker.joinable()) impl_->worker.join();
+    // From here no libnats callback reaches this broker: what is inside one
+    // now finishes (a push returns at once, stopping_ is set), what comes
+    // later -- the disconnected callback natsConnection_Close posts, a
+    // message a pool thread already took -- finds the gate closed.
+    impl_->gate->close();
     for (auto& hook : impl_->stop_hooks) hook();
     impl_->stop_hooks.clear();
     for (auto& [room, sub] : impl_->subscriptions) natsSubscription_Destroy(sub);
@@ -838,8 +871,26 @@ void ClusterBroker::handle(FilledEvent& e) {
     RoomState& room = *it->second;
     room.filling = false;
     bump(counters_.fetched, e.entries.size());
-    for (auto& entry : e.entries) room.log.offer(std::move(entry));
+    // A fill for a gap must find the message the waiting one links to. When
+    // the stream has already dropped it (the per-room limit, at a high rate),
+    // its live copy is still on its way: what the fill found beyond it would
+    // otherwise be linked over it, and the live copies dropped as seen.
+    bool reached = e.upto == 0;
+    for (auto& entry : e.entries) {
+        if (e.upto != 0 && entry.seq > e.upto) continue;
+        if (entry.seq == e.upto) reached = true;
+        room.log.offer(std::move(entry));
+    }
     if (!e.ok) return;  // tried again when the link comes back
+    if (!reached && ++room.unreached_fills >= 50) {
+        // Fifty tries and the live copy never came: it is lost; go on.
+        log_->warn("cluster: room '{}': a message the stream no longer holds never arrived; skipped",
+                   log_safe(e.room));
+        room.log.skip_gap();
+        room.unreached_fills = 0;
+    } else if (reached) {
+        room.unreached_fills = 0;
+    }
     if (room.ready) advance(e.room, room);
 }
 

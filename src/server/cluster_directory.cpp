@@ -62,7 +62,8 @@ kvStore* open_bucket(jsCtx* js, const char* name, std::int64_t ttl_ms, jsStorage
 }  // namespace
 
 ClusterDirectory::ClusterDirectory(ClusterBroker& broker, std::chrono::milliseconds dead_after, int replicas)
-    : broker_(broker), dead_after_(dead_after), replicas_(replicas) {
+    : broker_(broker), gate_(CallbackGate<ClusterDirectory>::open(this)), dead_after_(dead_after),
+      replicas_(replicas) {
     const auto& prefix = broker_.config().subject_prefix;
     all_subject_ = prefix + ".dir.all";
     my_subject_ = prefix + ".dir.node." + hex(broker_.node_id());
@@ -86,8 +87,8 @@ void ClusterDirectory::start() {
     std::uint64_t rev = 0;
     kvStore_PutString(&rev, nodes_, key.c_str(), "");
     natsConnection* nc = broker_.nats_connection();
-    if (natsConnection_Subscribe(&all_, nc, all_subject_.c_str(), &ClusterDirectory::on_message, this) != NATS_OK ||
-        natsConnection_Subscribe(&mine_, nc, my_subject_.c_str(), &ClusterDirectory::on_message, this) != NATS_OK)
+    if (natsConnection_Subscribe(&all_, nc, all_subject_.c_str(), &ClusterDirectory::on_message, gate_) != NATS_OK ||
+        natsConnection_Subscribe(&mine_, nc, my_subject_.c_str(), &ClusterDirectory::on_message, gate_) != NATS_OK)
         throw std::runtime_error("cluster: cannot subscribe to the directory subjects");
     natsSubscription_SetPendingLimits(all_, -1, -1);
     natsSubscription_SetPendingLimits(mine_, -1, -1);
@@ -99,6 +100,7 @@ void ClusterDirectory::start() {
 }
 
 void ClusterDirectory::stop() {
+    gate_->close();  // a message already taken by a pool thread finds it closed
     if (all_ != nullptr) {
         natsSubscription_Unsubscribe(all_);
         natsSubscription_Destroy(all_);
@@ -147,7 +149,12 @@ void ClusterDirectory::send_to(const std::string& node, PeerEvent event) {
 }
 
 void ClusterDirectory::on_message(natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {
-    auto& self = *static_cast<ClusterDirectory*>(closure);
+    if (!CallbackGate<ClusterDirectory>::enter_from(closure, [msg](ClusterDirectory& self) { self.received(msg); }))
+        natsMsg_Destroy(msg);
+}
+
+void ClusterDirectory::received(natsMsg* msg) {
+    ClusterDirectory& self = *this;
     auto event =
         decode_peer_event(std::string_view(natsMsg_GetData(msg), static_cast<std::size_t>(natsMsg_GetDataLength(msg))));
     natsMsg_Destroy(msg);

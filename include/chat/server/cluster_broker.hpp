@@ -122,6 +122,8 @@ public:
     std::optional<Gap> advance(std::uint64_t epoch, const std::function<void(const StoredMessage&)>& deliver);
     // The stream was recreated: everything here belonged to a history that is gone.
     void reset();
+    // The gap before the oldest waiting message will never fill: deliver on.
+    void skip_gap();
 
     Replay replay(std::uint64_t epoch, const ReplayRequest& request);
     std::uint64_t head() const noexcept { return head_; }
@@ -238,6 +240,7 @@ private:
         std::uint64_t generation;
         std::vector<ClusterRoomLog::Entry> entries;
         bool ok;
+        std::uint64_t upto;  // the message the gap needs (0: everything after the head)
     };
     struct LinkEvent {
         bool up;

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <string>
 
+#include "chat/server/callback_gate.hpp"
 #include "chat/server/cluster_broker.hpp"
 #include "chat/server/directory.hpp"
 
@@ -52,6 +53,7 @@ public:
 
 private:
     static void on_message(natsConnection*, natsSubscription*, natsMsg* msg, void* closure);
+    void received(natsMsg* msg);  // a libnats delivery thread, inside the gate
     void publish(const std::string& subject, const PeerEvent& event);
     void tick();  // worker thread
     bool node_alive(const std::string& node);  // worker thread
@@ -59,6 +61,7 @@ private:
                    std::string& previous_node);
 
     ClusterBroker& broker_;
+    CallbackGate<ClusterDirectory>* gate_;  // the closure of the subscriptions
     std::chrono::milliseconds dead_after_;
     int replicas_;
     kvStore* nicks_ = nullptr;
