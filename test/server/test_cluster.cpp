@@ -8,9 +8,13 @@
 #include <set>
 #include <thread>
 
+#include <nats/nats.h>
+
 #include "chat/server/cluster_broker.hpp"
 #include "utils/live.hpp"
 #include "utils/nats.hpp"
+#include "utils/server_process.hpp"
+#include "utils/tcp_proxy.hpp"
 
 using namespace chat;
 using namespace chat::test;
@@ -362,6 +366,45 @@ TEST_CASE("the broker paused past dead-after: SAY is refused as unavailable, hea
     const auto stats = a.server().cluster()->stats();
     CHECK(stats.refused >= 1);
     CHECK(stats.failed == 0);
+    MESSAGE("node a: retried " << stats.retried << ", duplicates " << stats.duplicates << ", reconnects " << stats.reconnects);
+}
+
+TEST_CASE("an acknowledgment lost with its connection: the retry after the reconnect is stored once, delivered once") {
+    NatsServer nats;
+    // Node a reaches NATS through a proxy that can lose what NATS answers.
+    TcpProxy proxy(nats.port());
+    ServerConfig through_proxy = node_config(nats, "a");
+    through_proxy.cluster_servers = {proxy.url()};
+    TestServer a(through_proxy);
+    TestServer b(node_config(nats, "b"));
+    auto alice = member(a.port(), "alice");
+    auto bob = member(b.port(), "bob");
+    REQUIRE(alice->join("lobby"));
+    REQUIRE(bob->join("lobby"));
+
+    proxy.swallow_replies();
+    alice->send(Say{"lobby", "once"});
+    // Stored: bob, on the other node, has it live. Its acknowledgment to node a is lost.
+    auto on_b = delivers(*bob, 1);
+    REQUIRE(on_b.size() == 1);
+    CHECK(on_b[0].text == "once");
+    proxy.cut();
+    // Node a reconnects and sends it again with its Nats-Msg-Id: JetStream
+    // answers "duplicate" with the stored sequence.
+    REQUIRE(TestServer::eventually([&] {
+        const auto s = a.server().cluster()->stats();
+        return s.reconnects >= 1 && s.duplicates >= 1;
+    }, 10'000ms));
+    auto on_a = delivers(*alice, 1);
+    REQUIRE(on_a.size() == 1);
+    CHECK(on_a[0].text == "once");
+    CHECK(on_a[0].position == on_b[0].position);
+    CHECK(no_more_delivers(*alice));
+    CHECK(no_more_delivers(*bob));
+    const auto stats = a.server().cluster()->stats();
+    CHECK(stats.failed == 0);
+    CHECK(stats.retried >= 1);
+    CHECK(proxy.swallowed() > 0);
 }
 
 TEST_CASE("nicks are unique across nodes; presence, WHO, LIST and WHISPER span them; a resume token moves a nick") {
@@ -427,4 +470,171 @@ TEST_CASE("nicks are unique across nodes; presence, WHO, LIST and WHISPER span t
     CHECK(gone->nick == "alice");
     CHECK(gone->event == PresenceEvent::disconnected);
     CHECK(no_more_delivers(*bob));
+}
+
+namespace {
+
+// Node `name` as a chat_server process of its own (one a test can kill -9).
+std::unique_ptr<ServerProcess> node_process(const NatsServer& nats, const std::string& name) {
+    auto p = std::make_unique<ServerProcess>(std::vector<std::string>{
+        "--port", "0", "--bind", "127.0.0.1", "--cluster", nats.url(), "--node-name", name,
+        "--cluster-dead-after", "1s", "--heartbeat-interval", "1s", "--heartbeat-timeout", "5s",
+        "--handshake-timeout", "2s"});
+    return p;
+}
+
+// The next `want` PRESENCE frames of `c` (skipping everything else), or fewer at the deadline.
+std::vector<Presence> presences(TestClient& c, std::chrono::milliseconds limit, std::size_t want) {
+    std::vector<Presence> got;
+    const auto deadline = Clock::now() + limit;
+    while (got.size() < want) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+        if (left.count() <= 0) break;
+        auto p = c.read_until<Presence>(left);
+        if (!p) break;
+        got.push_back(std::move(*p));
+    }
+    return got;
+}
+
+}  // namespace
+
+TEST_CASE("a node killed with SIGKILL: one timed_out per member and room elsewhere within dead-after + 1 s, its nicks free, no resurrection") {
+    NatsServer nats;
+    TestServer a(node_config(nats, "a"));
+    auto b = node_process(nats, "b");
+    const auto b_port = b->port(10'000ms);
+    REQUIRE_MESSAGE(b_port, b->state());
+
+    auto alice = member(a.port(), "alice");
+    REQUIRE(alice->join("r1"));
+    REQUIRE(alice->join("r2"));
+    auto bob = member(*b_port, "bob");
+    auto carol = member(*b_port, "carol");
+    REQUIRE(bob->join("r1"));
+    REQUIRE(bob->join("r2"));
+    REQUIRE(carol->join("r1"));
+    // Alice has heard all three joins: node a knows b's members.
+    auto joins = presences(*alice, 5000ms, 3);
+    REQUIRE(joins.size() == 3);
+    for (const auto& p : joins) CHECK(p.event == PresenceEvent::joined);
+
+    const auto killed_at = Clock::now();
+    b->signal(SIGKILL);
+    REQUIRE(b->wait_exit(5000ms));
+    // dead-after (1 s) + 1 s, and the read's own slack.
+    auto gone = presences(*alice, 2000ms + 500ms, 3);
+    const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - killed_at);
+    REQUIRE(gone.size() == 3);
+    CHECK(took <= 2000ms + 500ms);
+    std::multiset<std::pair<std::string, std::string>> seen;
+    for (const auto& p : gone) {
+        CHECK(p.event == PresenceEvent::timed_out);
+        seen.emplace(p.room, p.nick);
+    }
+    CHECK(seen == std::multiset<std::pair<std::string, std::string>>{{"r1", "bob"}, {"r1", "carol"}, {"r2", "bob"}});
+    // Exactly once: nothing more about them.
+    auto more = presences(*alice, 500ms, 1);
+    CHECK(more.empty());
+
+    // The dead node's nicks are free again, on the living node.
+    auto bob_again = member(a.port(), "bob");
+    REQUIRE(bob_again->join("r1"));
+
+    // b comes back under the same name: a new incarnation, none of its old sessions.
+    auto b2 = node_process(nats, "b");
+    const auto b2_port = b2->port(10'000ms);
+    REQUIRE_MESSAGE(b2_port, b2->state());
+    auto dave = member(*b2_port, "dave");
+    REQUIRE(dave->join("r1"));
+    std::set<std::string> names;
+    REQUIRE(TestServer::eventually([&] {
+        dave->send(Who{"r1"});
+        auto who = dave->read_until<Members>(5000ms);
+        if (!who) return false;
+        names = std::set<std::string>(who->nicks.begin(), who->nicks.end());
+        return names.size() >= 3;
+    }, 5000ms));
+    CHECK(names == std::set<std::string>{"alice", "bob", "dave"});
+    alice->send(Who{"r2"});
+    auto who2 = alice->read_until<Members>(5000ms);
+    REQUIRE(who2);
+    CHECK(who2->nicks == std::vector<std::string>{"alice"});
+    // carol's old claim is gone with the old incarnation: she may log in anew.
+    auto carol_again = member(*b2_port, "carol");
+    CHECK_FALSE(carol_again->closed());
+}
+
+TEST_CASE("on a three-server NATS cluster with R3 streams, killing the nats-server a node is on loses nothing") {
+    NatsCluster nats;
+    auto config = [&](const std::string& name) {
+        ServerConfig cfg = node_config(nats.server(0), name);
+        cfg.cluster_servers = nats.urls();
+        cfg.cluster_replicas = 3;
+        // Failing over takes a stream leader election when the killed server
+        // led the stream: longer than the 1 s of the other tests, shorter than this.
+        cfg.cluster_dead_after = 5000ms;
+        // One member is read at a time below, while the other's keep-alive waits.
+        cfg.heartbeat_timeout = 30'000ms;
+        return cfg;
+    };
+    // The first node creates the R3 stream: the cluster may still be finding its peers.
+    std::unique_ptr<TestServer> a;
+    REQUIRE(TestServer::eventually([&] {
+        try {
+            a = std::make_unique<TestServer>(config("a"));
+            return true;
+        } catch (const std::exception&) {
+            return false;
+        }
+    }, 20'000ms));
+    TestServer b(config("b"));
+    auto alice = member(a->port(), "alice");
+    auto bob = member(b.port(), "bob");
+    REQUIRE(alice->join("lobby"));
+    REQUIRE(bob->join("lobby"));
+
+    constexpr int before = 40, during = 80, after = 40;
+    for (int i = 0; i < before; ++i) alice->send(Say{"lobby", "m" + std::to_string(i)});
+    REQUIRE(delivers(*bob, before).size() == before);
+
+    // The server node a is connected to dies while alice is sending.
+    char url[256] = {};
+    REQUIRE(natsConnection_GetConnectedUrl(a->server().cluster()->nats_connection(), url, sizeof url) == NATS_OK);
+    std::size_t victim = nats.size();
+    for (std::size_t i = 0; i < nats.size(); ++i)
+        if (nats.server(i).url() == url) victim = i;
+    REQUIRE_MESSAGE(victim < nats.size(), url);
+    for (int i = before; i < before + during; ++i) {
+        if (i == before + during / 2) nats.server(victim).kill();
+        alice->send(Say{"lobby", "m" + std::to_string(i)});
+    }
+    REQUIRE(TestServer::eventually([&] { return a->server().cluster()->stats().reconnects >= 1; }, 10'000ms));
+    for (int i = before + during; i < before + during + after; ++i) bob->send(Say{"lobby", "m" + std::to_string(i)});
+
+    constexpr int total = before + during + after;
+    const auto reading = Clock::now();
+    auto on_a = delivers(*alice, total, 30'000ms);
+    MESSAGE("every message on node a after "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - reading).count() << " ms");
+    auto on_b = delivers(*bob, total - before, 30'000ms);
+    REQUIRE(on_a.size() == total);
+    REQUIRE(on_b.size() == total - before);
+    // Every message once, in one order on both nodes.
+    std::set<std::string> texts;
+    for (std::size_t i = 0; i < on_a.size(); ++i) {
+        texts.insert(on_a[i].text);
+        if (i > 0) CHECK(on_a[i].position.seq > on_a[i - 1].position.seq);
+        if (i >= static_cast<std::size_t>(before)) {
+            CHECK(on_a[i].text == on_b[i - before].text);
+            CHECK(on_a[i].position == on_b[i - before].position);
+        }
+    }
+    CHECK(texts.size() == total);
+    CHECK(no_more_delivers(*alice));
+    CHECK(no_more_delivers(*bob));
+    const auto stats = a->server().cluster()->stats();
+    CHECK(stats.failed == 0);
+    CHECK(stats.refused == 0);
+    MESSAGE("node a: retried " << stats.retried << ", duplicates " << stats.duplicates);
 }

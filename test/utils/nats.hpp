@@ -130,4 +130,41 @@ private:
     std::unique_ptr<Subprocess> process_;
 };
 
+// Three nats-servers routed into one NATS cluster on loopback ports, with
+// JetStream on each (replicated streams: R3). Constructed once a metadata
+// leader was elected.
+class NatsCluster {
+public:
+    NatsCluster() {
+        std::vector<std::uint16_t> routes;
+        for (int i = 0; i < 3; ++i) routes.push_back(free_port());
+        std::string all;
+        for (auto p : routes) all += (all.empty() ? "" : ",") + std::string("nats://127.0.0.1:") + std::to_string(p);
+        for (int i = 0; i < 3; ++i)
+            servers_.push_back(std::make_unique<NatsServer>(std::vector<std::string>{
+                "--server_name", "n" + std::to_string(i), "--cluster_name", "pulsechat-test", "--cluster",
+                "nats://127.0.0.1:" + std::to_string(routes[i]), "--routes", all}));
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+        while (std::chrono::steady_clock::now() < deadline) {
+            for (auto& s : servers_)
+                if (s->log().find("JetStream cluster new metadata leader") != std::string::npos ||
+                    s->log().find("new JetStream cluster metadata leader") != std::string::npos)
+                    return;
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        throw std::runtime_error("the NATS cluster elected no JetStream leader: " + servers_[0]->log());
+    }
+
+    std::vector<std::string> urls() const {
+        std::vector<std::string> u;
+        for (const auto& s : servers_) u.push_back(s->url());
+        return u;
+    }
+    NatsServer& server(std::size_t i) { return *servers_.at(i); }
+    std::size_t size() const { return servers_.size(); }
+
+private:
+    std::vector<std::unique_ptr<NatsServer>> servers_;
+};
+
 }  // namespace chat::test
