@@ -527,6 +527,7 @@ TEST_CASE("a node killed with SIGKILL: one timed_out per member and room elsewhe
     const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - killed_at);
     REQUIRE(gone.size() == 3);
     CHECK(took <= 2000ms + 500ms);
+    MESSAGE("three timed_out " << took.count() << " ms after the kill (dead-after 1000 ms)");
     std::multiset<std::pair<std::string, std::string>> seen;
     for (const auto& p : gone) {
         CHECK(p.event == PresenceEvent::timed_out);
@@ -637,4 +638,48 @@ TEST_CASE("on a three-server NATS cluster with R3 streams, killing the nats-serv
     CHECK(stats.failed == 0);
     CHECK(stats.refused == 0);
     MESSAGE("node a: retried " << stats.retried << ", duplicates " << stats.duplicates);
+}
+
+TEST_CASE("scripts/pulsechat cluster: NATS and two nodes on free ports, one room across them, all gone after SIGTERM") {
+    const char* source = std::getenv("PULSECHAT_SOURCE_DIR");
+    REQUIRE_MESSAGE(source != nullptr, "meson sets PULSECHAT_SOURCE_DIR");
+    Subprocess script({"/bin/bash", std::string(source) + "/scripts/pulsechat", "cluster", "--nodes", "2", "--",
+                       "--heartbeat-interval", "1s"});
+    // A failed check still lets the script stop its children (SIGKILL would orphan them).
+    struct StopScript {
+        Subprocess& p;
+        ~StopScript() {
+            p.signal(SIGTERM);
+            p.wait_exit(15'000ms);
+        }
+    } stop_script{script};
+    auto nats_line = script.wait_for("nats nats://127.0.0.1:", 15'000ms);
+    REQUIRE_MESSAGE(nats_line, script.all_stderr());
+    const std::string store = nats_line->substr(nats_line->find("store ") + 6,
+                                                nats_line->rfind(')') - nats_line->find("store ") - 6);
+    CHECK(std::filesystem::is_directory(store));
+    // "nodeN listening on 127.0.0.1:PORT (pid P, log FILE)"
+    std::vector<std::uint16_t> ports;
+    std::vector<pid_t> pids;
+    for (int n = 1; n <= 2; ++n) {
+        auto line = script.wait_for("node" + std::to_string(n) + " listening on 127.0.0.1:", 15'000ms);
+        REQUIRE_MESSAGE(line, script.all_stderr());
+        ports.push_back(static_cast<std::uint16_t>(std::atoi(line->c_str() + line->find("127.0.0.1:") + 10)));
+        pids.push_back(static_cast<pid_t>(std::atoi(line->c_str() + line->find("(pid ") + 5)));
+    }
+    auto alice = member(ports[0], "alice");
+    auto bob = member(ports[1], "bob");
+    REQUIRE(alice->join("lobby"));
+    REQUIRE(bob->join("lobby"));
+    alice->send(Say{"lobby", "across the script's nodes"});
+    auto got = delivers(*bob, 1);
+    REQUIRE(got.size() == 1);
+    CHECK(got[0].text == "across the script's nodes");
+
+    script.signal(SIGTERM);
+    auto status = script.wait_exit(15'000ms);
+    REQUIRE(status);
+    CHECK(*status == 0);
+    for (pid_t pid : pids) CHECK(::kill(pid, 0) != 0);  // reaped by the script: no such process
+    CHECK_FALSE(std::filesystem::exists(store));
 }
