@@ -41,6 +41,8 @@
 
 #include "chat/common/units.hpp"
 #include "chat/server/broker.hpp"
+#include "chat/server/cluster_codec.hpp"
+#include "chat/server/cluster_room_log.hpp"
 
 namespace spdlog {
 class logger;
@@ -72,81 +74,6 @@ struct ClusterConfig {
 
 // "<hostname>-<6 hex digits>": unique enough for a node that was given no name.
 std::string make_node_name();
-// The subject token of a room: its bytes in lowercase hex (room names may hold
-// bytes a subject may not, such as '.', '*' and '>').
-std::string room_token(std::string_view room);
-std::optional<std::string> room_from_token(std::string_view token);
-
-// A message as stored in the stream: [u8 nick length][nick][u64 timestamp_ms, big
-// endian][text]. Decoding checks every field as the hub would (a node trusts no
-// byte from NATS more than one from a client).
-std::string encode_cluster_body(std::string_view sender, std::uint64_t timestamp_ms, std::string_view text);
-struct ClusterBody {
-    std::string sender;
-    std::uint64_t timestamp_ms = 0;
-    std::string text;
-};
-std::optional<ClusterBody> decode_cluster_body(std::string_view body);
-
-// A room's log as one node holds it while it has members there: the messages
-// the stream keeps, in order, and the live ones that came out of order. Pure
-// bookkeeping (no NATS), so its ordering rules are tested without a server.
-class ClusterRoomLog {
-public:
-    static constexpr std::uint64_t unknown_link = ~std::uint64_t{0};
-
-    struct Entry {
-        std::uint64_t seq = 0;
-        // The sequence of the room's message before this one (Nats-Last-Sequence),
-        // or unknown_link when that is not known (the oldest message loaded).
-        std::uint64_t last = 0;
-        ClusterBody body;
-    };
-    // What advance() wants from the stream: the room's messages after `after` up to `upto`.
-    struct Gap {
-        std::uint64_t after = 0;
-        std::uint64_t upto = 0;
-    };
-
-    ClusterRoomLog(std::string room, std::size_t history_limit)
-        : room_(std::move(room)), history_limit_(history_limit) {}
-
-    // Messages loaded from the stream (everything it holds of the room, oldest
-    // first); `full`: the stream's per-room limit was reached, so older ones
-    // may have been dropped.
-    void load(std::vector<Entry> entries, bool full);
-    // A message from the live subject, or fetched for a gap.
-    void offer(Entry entry);
-    // Moves every waiting message that links up onto the log, in order, calling
-    // `deliver(stored)` for each; returns the gap that stops it, if any.
-    std::optional<Gap> advance(std::uint64_t epoch, const std::function<void(const StoredMessage&)>& deliver);
-    // The stream was recreated: everything here belonged to a history that is gone.
-    void reset();
-    // The gap before the oldest waiting message will never fill: deliver on.
-    void skip_gap();
-
-    Replay replay(std::uint64_t epoch, const ReplayRequest& request);
-    std::uint64_t head() const noexcept { return head_; }
-    std::size_t held() const noexcept { return log_.size(); }
-    std::size_t waiting() const noexcept { return pending_.size(); }
-
-private:
-    struct Held {
-        StoredMessage message;
-        std::uint64_t last;  // the link of the message (Entry::last)
-    };
-    void append(std::uint64_t epoch, Entry&& entry, const std::function<void(const StoredMessage&)>& deliver);
-
-    std::string room_;  // the room's name, for its DELIVER frames
-    std::size_t history_limit_;
-    std::uint64_t head_ = 0;  // seq of the newest message on the log; 0: none yet
-    // Messages before the oldest held one may be gone, and not counted.
-    bool dropped_possible_ = false;
-    std::deque<Held> log_;
-    std::map<std::uint64_t, Entry> pending_;  // by seq, ahead of head_
-    Message scratch_{Deliver{}};
-};
-
 class ClusterBroker final : public Broker {
 public:
     using HubPoster = std::function<void(std::function<void()>)>;

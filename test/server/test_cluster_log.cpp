@@ -1,0 +1,117 @@
+// The cluster's sans-io parts without NATS: room subject tokens, the stored
+// message body, and one room's log (order by links, gaps, replay).
+#include <doctest/doctest.h>
+
+#include <string>
+#include <vector>
+
+#include "chat/server/cluster_codec.hpp"
+#include "chat/server/cluster_room_log.hpp"
+
+using namespace chat;
+
+TEST_CASE("room names become subject tokens and back; bodies decode only when every field is valid") {
+    CHECK(room_token("lobby") == "6c6f626279");
+    CHECK(room_from_token("6c6f626279") == "lobby");
+    CHECK_FALSE(room_from_token("6c6f62627"));   // odd
+    CHECK_FALSE(room_from_token("zz"));          // not hex
+    CHECK_FALSE(room_from_token("6c6f62627A"));  // upper case is not what we make
+    CHECK_FALSE(room_from_token(""));
+    const auto body = encode_cluster_body("alice", 0x0102030405060708ULL, "hi there");
+    auto decoded = decode_cluster_body(body);
+    REQUIRE(decoded);
+    CHECK(decoded->sender == "alice");
+    CHECK(decoded->timestamp_ms == 0x0102030405060708ULL);
+    CHECK(decoded->text == "hi there");
+    CHECK_FALSE(decode_cluster_body(body.substr(0, 6)));                           // truncated
+    CHECK_FALSE(decode_cluster_body(encode_cluster_body("bad nick!", 1, "x")));    // nick rules
+    CHECK_FALSE(decode_cluster_body(encode_cluster_body("alice", 1, "")));         // empty text
+    CHECK_FALSE(decode_cluster_body(encode_cluster_body("alice", 1, "a\x01z")));   // control character
+    CHECK_FALSE(decode_cluster_body(encode_cluster_body("alice", 1, "\xC3\x28")));  // not UTF-8
+}
+
+TEST_CASE("a room log delivers in the stream's order, waits for gaps and knows what it cannot count") {
+    ClusterRoomLog log("r", 3);
+    std::vector<std::uint64_t> seen;
+    auto deliver = [&](const StoredMessage& m) { seen.push_back(m.position.seq); };
+    auto entry = [](std::uint64_t seq, std::uint64_t last) {
+        return ClusterRoomLog::Entry{seq, last, ClusterBody{"alice", 1, "m" + std::to_string(seq)}};
+    };
+    log.load({entry(3, 0), entry(7, 3)}, false);
+    CHECK_FALSE(log.advance(9, deliver));
+    CHECK(seen == std::vector<std::uint64_t>{3, 7});
+    CHECK(log.head() == 7);
+
+    // 12 links to 10, which has not come: a gap from 7 to 10.
+    log.offer(entry(12, 10));
+    auto gap = log.advance(9, deliver);
+    REQUIRE(gap);
+    CHECK(gap->after == 7);
+    CHECK(gap->upto == 10);
+    CHECK(seen.size() == 2);
+    log.offer(entry(10, 7));  // the fill
+    log.offer(entry(7, 3));   // a duplicate: ignored
+    CHECK_FALSE(log.advance(9, deliver));
+    CHECK(seen == std::vector<std::uint64_t>{3, 7, 10, 12});
+    CHECK(log.held() == 3);  // the cap: 3 went
+
+    // Resume from 10: complete. From 3 (gone, but 7 links to it): complete.
+    // From 2: 3 went and was not counted: unknown.
+    auto r = log.replay(9, ReplayRequest{true, Position{9, 10}});
+    CHECK(r.missed == 0);
+    CHECK(r.frames.size() == 1);
+    r = log.replay(9, ReplayRequest{true, Position{9, 7}});  // 7 is the oldest held's link
+    CHECK(r.missed == 0);
+    CHECK(r.frames.size() == 2);
+    r = log.replay(9, ReplayRequest{true, Position{9, 3}});
+    CHECK(r.missed == 0);
+    CHECK(r.frames.size() == 3);
+    r = log.replay(9, ReplayRequest{true, Position{9, 2}});
+    CHECK(r.missed == missed_unknown);
+    CHECK(r.frames.size() == 3);
+    r = log.replay(10, ReplayRequest{true, Position{9, 3}});
+    CHECK(r.epoch_changed);
+    CHECK(r.missed == 0);
+
+    // A full history loaded from the stream: what came before it is uncounted.
+    ClusterRoomLog full("r", 2);
+    full.load({entry(20, 0), entry(25, 20)}, true);
+    full.advance(9, nullptr);
+    CHECK(full.replay(9, ReplayRequest{true, Position{9, 5}}).missed == missed_unknown);
+    CHECK(full.replay(9, ReplayRequest{true, Position{9, 20}}).missed == 0);
+    // Not full: nothing was dropped, so an old resume point missed nothing.
+    ClusterRoomLog partial("r", 5);
+    partial.load({entry(20, 0)}, false);
+    partial.advance(9, nullptr);
+    CHECK(partial.replay(9, ReplayRequest{true, Position{9, 5}}).missed == 0);
+}
+
+TEST_CASE("a gap the stream can no longer fill is skipped: later messages go on, a resume before it counts as unknown") {
+    ClusterRoomLog log("r", 10);
+    std::vector<std::uint64_t> seen;
+    auto deliver = [&](const StoredMessage& m) { seen.push_back(m.position.seq); };
+    auto entry = [](std::uint64_t seq, std::uint64_t last) {
+        return ClusterRoomLog::Entry{seq, last, ClusterBody{"alice", 1, "m" + std::to_string(seq)}};
+    };
+    log.load({entry(1, 0)}, false);
+    log.advance(9, deliver);
+    // 5 links to 4, and 4 is gone from the stream (trimmed) with its live copy lost.
+    log.offer(entry(5, 4));
+    log.offer(entry(6, 5));
+    auto gap = log.advance(9, deliver);
+    REQUIRE(gap);
+    CHECK(gap->upto == 4);
+    CHECK(seen == std::vector<std::uint64_t>{1});
+    log.skip_gap();
+    CHECK_FALSE(log.advance(9, deliver));
+    CHECK(seen == std::vector<std::uint64_t>{1, 5, 6});
+    CHECK(log.waiting() == 0);
+    // A member who had 1 missed 4, which nobody can count any more.
+    auto r = log.replay(9, ReplayRequest{true, Position{9, 1}});
+    CHECK(r.missed == missed_unknown);
+    CHECK(r.frames.size() == 2);
+    // Nothing is delivered twice after the skip.
+    log.offer(entry(5, 4));
+    CHECK_FALSE(log.advance(9, deliver));
+    CHECK(seen.size() == 3);
+}
