@@ -37,7 +37,11 @@ struct ClusterBroker::RoomState {
     std::uint64_t generation;
     bool ready = false;
     bool filling = false;  // a fill is on its way: one at a time per room
-    int unreached_fills = 0;  // fills in a row that did not find what the gap needs
+    // A fill did not find the message the gap needs (trimmed from the stream,
+    // its live copy still on its way): no new fill until something arrives
+    // for the room or the next gap check (retry_gaps), and since when.
+    bool fill_paused = false;
+    std::uint64_t unreached_since_ms = 0;
 };
 
 namespace {
@@ -515,6 +519,9 @@ void ClusterBroker::start() {
     auto epoch = impl_->ensure_stream(&error);
     if (!epoch) throw std::runtime_error("cluster: " + error + " (is JetStream enabled on the NATS server?)");
     epoch_ = *epoch;
+    impl_->tick_hooks.push_back([this] {
+        if (gaps_waiting_.load(std::memory_order_relaxed)) push(HubWork{[this] { retry_gaps(); }});
+    });
     impl_->worker = std::thread([this] { impl_->run_worker(); });
     log_->info("cluster: node {} on {}, stream {} (epoch {}), {} message(s) per room", config_.node_name,
                fmt::join(config_.servers, ","), config_.stream, epoch_, config_.history);
@@ -658,7 +665,7 @@ void ClusterBroker::advance(const std::string& name, RoomState& room) {
     auto gap = room.log.advance(epoch_, [subscriber](const StoredMessage& m) {
         if (subscriber) subscriber->on_message(m);
     });
-    if (gap && !room.filling) {
+    if (gap && !room.filling && !room.fill_paused) {
         bump(counters_.gaps);
         room.filling = true;
         const std::uint64_t generation = room.generation;
@@ -672,6 +679,7 @@ void ClusterBroker::handle(LiveEvent& e) {
     if (it == rooms_.end()) return;  // no longer followed here
     RoomState& room = *it->second;
     room.log.offer(std::move(e.entry));
+    room.fill_paused = false;  // news for the room: a gap may have closed, or a fill may now reach
     if (room.ready) advance(e.room, room);
 }
 
@@ -713,16 +721,40 @@ void ClusterBroker::handle(FilledEvent& e) {
         room.log.offer(std::move(entry));
     }
     if (!e.ok) return;  // tried again when the link comes back
-    if (!reached && ++room.unreached_fills >= 50) {
-        // Fifty tries and the live copy never came: it is lost; go on.
-        log_->warn("cluster: room '{}': a message the stream no longer holds never arrived; skipped",
-                   log_safe(e.room));
-        room.log.skip_gap();
-        room.unreached_fills = 0;
-    } else if (reached) {
-        room.unreached_fills = 0;
+    if (reached) {
+        room.unreached_since_ms = 0;
+    } else {
+        const std::uint64_t now = now_ms();
+        if (room.unreached_since_ms == 0) room.unreached_since_ms = now;
+        if (now - room.unreached_since_ms >= gap_give_up_ms()) {
+            // The live copy never came (lost while this node was cut off, and
+            // trimmed since): go on; a resume from before it counts "unknown".
+            log_->warn("cluster: room '{}': a message the stream no longer holds never arrived; skipped",
+                       log_safe(e.room));
+            room.log.skip_gap();
+            room.unreached_since_ms = 0;
+        } else {
+            room.fill_paused = true;
+            gaps_waiting_.store(true, std::memory_order_relaxed);
+        }
     }
     if (room.ready) advance(e.room, room);
+}
+
+std::uint64_t ClusterBroker::gap_give_up_ms() const noexcept {
+    return std::max<std::uint64_t>(2'000, static_cast<std::uint64_t>(config_.dead_after.count()));
+}
+
+// Hub thread, from the worker's tick: rooms whose fill came back short try again.
+void ClusterBroker::retry_gaps() {
+    bool still = false;
+    for (auto& [name, room] : rooms_) {
+        if (!room->fill_paused) continue;
+        room->fill_paused = false;
+        if (room->ready) advance(name, *room);
+        still = still || room->unreached_since_ms != 0;
+    }
+    gaps_waiting_.store(still, std::memory_order_relaxed);
 }
 
 void ClusterBroker::handle(LinkEvent& e) {

@@ -206,6 +206,9 @@ private:
     void handle(FailedEvent& e);
     void handle(HubWork& e) { e.work(); }
     void advance(const std::string& name, RoomState& room);
+    void retry_gaps();
+    // How long a gap whose message the stream no longer holds waits for its live copy.
+    std::uint64_t gap_give_up_ms() const noexcept;
     void request_load(const std::string& name, RoomState& room);
 
     ClusterConfig config_;
@@ -218,6 +221,7 @@ private:
     std::uint64_t next_generation_ = 1;
     std::uint64_t epoch_ = 0;
     std::atomic<bool> available_{true};
+    std::atomic<bool> gaps_waiting_{false};  // some room's fill came back short (retry_gaps)
     bool verified_ = true;  // false from a disconnect until the stream was checked again
     Counters counters_;
 
