@@ -459,7 +459,8 @@ TEST_CASE("a node killed with SIGKILL: one timed_out per member and room elsewhe
     REQUIRE_MESSAGE(b_port, b->state());
 
     auto alice = member(a.port(), "alice");
-    REQUIRE(alice->join("r1"));
+    auto alice_r1 = alice->join("r1");
+    REQUIRE(alice_r1);
     REQUIRE(alice->join("r2"));
     auto bob = member(*b_port, "bob");
     auto carol = member(*b_port, "carol");
@@ -499,7 +500,9 @@ TEST_CASE("a node killed with SIGKILL: one timed_out per member and room elsewhe
     const auto b2_port = b2->port(10'000ms);
     REQUIRE_MESSAGE(b2_port, b2->state());
     auto dave = member(*b2_port, "dave");
-    REQUIRE(dave->join("r1"));
+    auto dave_r1 = dave->join("r1");
+    REQUIRE(dave_r1);
+    CHECK(dave_r1->epoch == alice_r1->epoch);  // a node's restart is not a new history
     std::set<std::string> names;
     REQUIRE(TestServer::eventually([&] {
         dave->send(Who{"r1"});
