@@ -24,16 +24,12 @@
 #include "chat/server/cluster_room_log.hpp"
 #include "chat/server/directory.hpp"
 
+#include "fuzz_expect.hpp"
+
 namespace {
 
-[[noreturn]] void fail(const char* what) {
-    std::fprintf(stderr, "fuzz_cluster: %s\n", what);
-    std::abort();
-}
-
-void expect(bool condition, const char* what) {
-    if (!condition) fail(what);
-}
+using fuzz::expect;
+using fuzz::fail;
 
 void check_decoders(std::string_view bytes) {
     if (auto event = chat::decode_peer_event(bytes)) {

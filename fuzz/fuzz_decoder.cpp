@@ -17,16 +17,12 @@
 #include <string_view>
 #include <vector>
 
+#include "fuzz_expect.hpp"
+
 namespace {
 
-[[noreturn]] void fail(const char* what) {
-    std::fprintf(stderr, "fuzz_decoder: %s\n", what);
-    std::abort();
-}
-
-void expect(bool condition, const char* what) {
-    if (!condition) fail(what);
-}
+using fuzz::expect;
+using fuzz::fail;
 
 // Decodes UTF-8 one code point at a time, the way the standard words it.
 bool reference_is_valid_utf8(std::string_view s) {

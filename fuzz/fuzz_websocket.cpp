@@ -14,16 +14,12 @@
 
 #include "chat/proto/websocket_frame.hpp"
 
+#include "fuzz_expect.hpp"
+
 namespace {
 
-[[noreturn]] void fail(const char* what) {
-    std::fprintf(stderr, "fuzz_websocket: %s\n", what);
-    std::abort();
-}
-
-void expect(bool condition, const char* what) {
-    if (!condition) fail(what);
-}
+using fuzz::expect;
+using fuzz::fail;
 
 constexpr std::size_t max_message = 4096;
 

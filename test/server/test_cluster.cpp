@@ -40,18 +40,24 @@ std::unique_ptr<TestClient> member(std::uint16_t port, const std::string& nick) 
     return c;
 }
 
-// The next `n` DELIVERs of `c` (skipping everything else), or fewer at the deadline.
-std::vector<Deliver> delivers(TestClient& c, std::size_t n, std::chrono::milliseconds limit = 10'000ms) {
-    std::vector<Deliver> got;
+// The next `n` frames of type T (DELIVER, PRESENCE) of `c`, skipping
+// everything else, or fewer at the deadline.
+template <class T>
+std::vector<T> next_of(TestClient& c, std::size_t n, std::chrono::milliseconds limit) {
+    std::vector<T> got;
     const auto deadline = Clock::now() + limit;
     while (got.size() < n) {
         const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
         if (left.count() <= 0) break;
-        auto d = c.read_until<Deliver>(left);
-        if (!d) break;
-        got.push_back(std::move(*d));
+        auto m = c.read_until<T>(left);
+        if (!m) break;
+        got.push_back(std::move(*m));
     }
     return got;
+}
+
+std::vector<Deliver> delivers(TestClient& c, std::size_t n, std::chrono::milliseconds limit = 10'000ms) {
+    return next_of<Deliver>(c, n, limit);
 }
 
 // Nothing but HEARTBEAT answers and PINGs within `quiet`: no DELIVER, no ERROR.
@@ -64,6 +70,16 @@ bool no_more_delivers(TestClient& c, std::chrono::milliseconds quiet = 300ms) {
         if (!m) return !c.closed();
         if (std::holds_alternative<Deliver>(*m)) return false;
     }
+}
+
+// `first` and `second` each say `n` messages into "lobby" at the same time
+// ("a0".. and "b0"..).
+void say_at_once(TestClient& first, TestClient& second, int n) {
+    std::thread other([&] {
+        for (int i = 0; i < n; ++i) first.send(Say{"lobby", "a" + std::to_string(i)});
+    });
+    for (int i = 0; i < n; ++i) second.send(Say{"lobby", "b" + std::to_string(i)});
+    other.join();
 }
 
 Joined resume(TestClient& c, const std::string& room, Position after) {
@@ -87,11 +103,7 @@ TEST_CASE("two nodes publishing at once: every member on both sees one order, ea
     REQUIRE(carol->join("lobby"));
 
     constexpr int per_sender = 150;
-    std::thread sender_a([&] {
-        for (int i = 0; i < per_sender; ++i) alice->send(Say{"lobby", "a" + std::to_string(i)});
-    });
-    for (int i = 0; i < per_sender; ++i) bob->send(Say{"lobby", "b" + std::to_string(i)});
-    sender_a.join();
+    say_at_once(*alice, *bob, per_sender);
 
     auto on_a = delivers(*alice, 2 * per_sender);
     auto on_b = delivers(*bob, 2 * per_sender);
@@ -135,11 +147,7 @@ TEST_CASE("a burst far beyond the per-room history: the stream trims what the li
     REQUIRE(alice->join("lobby"));
     REQUIRE(bob->join("lobby"));
     constexpr int per_sender = 300;
-    std::thread sender_a([&] {
-        for (int i = 0; i < per_sender; ++i) alice->send(Say{"lobby", "a" + std::to_string(i)});
-    });
-    for (int i = 0; i < per_sender; ++i) bob->send(Say{"lobby", "b" + std::to_string(i)});
-    sender_a.join();
+    say_at_once(*alice, *bob, per_sender);
     auto on_a = delivers(*alice, 2 * per_sender, 20'000ms);
     auto on_b = delivers(*bob, 2 * per_sender, 20'000ms);
     CHECK(on_a.size() == 2 * per_sender);
@@ -435,18 +443,8 @@ std::unique_ptr<ServerProcess> node_process(const NatsServer& nats, const std::s
     return p;
 }
 
-// The next `want` PRESENCE frames of `c` (skipping everything else), or fewer at the deadline.
 std::vector<Presence> presences(TestClient& c, std::chrono::milliseconds limit, std::size_t want) {
-    std::vector<Presence> got;
-    const auto deadline = Clock::now() + limit;
-    while (got.size() < want) {
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-        if (left.count() <= 0) break;
-        auto p = c.read_until<Presence>(left);
-        if (!p) break;
-        got.push_back(std::move(*p));
-    }
-    return got;
+    return next_of<Presence>(c, want, limit);
 }
 
 }  // namespace

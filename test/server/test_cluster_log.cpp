@@ -10,6 +10,15 @@
 
 using namespace chat;
 
+namespace {
+
+// A message of the room `seq`, linked to the one before it, `last`.
+ClusterRoomLog::Entry entry(std::uint64_t seq, std::uint64_t last) {
+    return ClusterRoomLog::Entry{seq, last, ClusterBody{"alice", 1, "m" + std::to_string(seq)}};
+}
+
+}  // namespace
+
 TEST_CASE("room names become subject tokens and back; bodies decode only when every field is valid") {
     CHECK(room_token("lobby") == "6c6f626279");
     CHECK(room_from_token("6c6f626279") == "lobby");
@@ -34,9 +43,6 @@ TEST_CASE("a room log delivers in the stream's order, waits for gaps and knows w
     ClusterRoomLog log("r", 3);
     std::vector<std::uint64_t> seen;
     auto deliver = [&](const StoredMessage& m) { seen.push_back(m.position.seq); };
-    auto entry = [](std::uint64_t seq, std::uint64_t last) {
-        return ClusterRoomLog::Entry{seq, last, ClusterBody{"alice", 1, "m" + std::to_string(seq)}};
-    };
     log.load({entry(3, 0), entry(7, 3)}, false);
     CHECK_FALSE(log.advance(9, deliver));
     CHECK(seen == std::vector<std::uint64_t>{3, 7});
@@ -90,9 +96,6 @@ TEST_CASE("a gap the stream can no longer fill is skipped: later messages go on,
     ClusterRoomLog log("r", 10);
     std::vector<std::uint64_t> seen;
     auto deliver = [&](const StoredMessage& m) { seen.push_back(m.position.seq); };
-    auto entry = [](std::uint64_t seq, std::uint64_t last) {
-        return ClusterRoomLog::Entry{seq, last, ClusterBody{"alice", 1, "m" + std::to_string(seq)}};
-    };
     log.load({entry(1, 0)}, false);
     log.advance(9, deliver);
     // 5 links to 4, and 4 is gone from the stream (trimmed) with its live copy lost.
