@@ -82,6 +82,22 @@ void say_at_once(TestClient& first, TestClient& second, int n) {
     other.join();
 }
 
+// Two nodes on one nats-server, alice on a and bob on b, both in "lobby".
+struct TwoNodes {
+    explicit TwoNodes(std::size_t history = 100)
+        : a(node_config(nats, "a", history)), b(node_config(nats, "b", history)) {
+        alice = member(a.port(), "alice");
+        bob = member(b.port(), "bob");
+        REQUIRE(alice->join("lobby"));
+        REQUIRE(bob->join("lobby"));
+    }
+    NatsServer nats;
+    TestServer a;
+    TestServer b;
+    std::unique_ptr<TestClient> alice;
+    std::unique_ptr<TestClient> bob;
+};
+
 Joined resume(TestClient& c, const std::string& room, Position after) {
     c.send(Join{room, true, after});
     auto j = c.read_until<Joined>(5000ms);
@@ -137,15 +153,10 @@ TEST_CASE("two nodes publishing at once: every member on both sees one order, ea
 }
 
 TEST_CASE("a burst far beyond the per-room history: the stream trims what the live feed still carries, nothing is lost") {
-    NatsServer nats;
     // Three messages per room: a fill for a gap finds the linked one already
     // trimmed and must wait for its live copy instead of skipping past it.
-    TestServer a(node_config(nats, "a", 3));
-    TestServer b(node_config(nats, "b", 3));
-    auto alice = member(a.port(), "alice");
-    auto bob = member(b.port(), "bob");
-    REQUIRE(alice->join("lobby"));
-    REQUIRE(bob->join("lobby"));
+    TwoNodes two(3);
+    auto& [nats, a, b, alice, bob] = two;
     constexpr int per_sender = 300;
     say_at_once(*alice, *bob, per_sender);
     auto on_a = delivers(*alice, 2 * per_sender, 20'000ms);
@@ -271,13 +282,8 @@ TEST_CASE("nats-server restarted on the same store keeps history and epoch; a wi
 }
 
 TEST_CASE("the broker paused for less than dead-after: nothing lost, nothing twice, sessions stay") {
-    NatsServer nats;
-    TestServer a(node_config(nats, "a"));
-    TestServer b(node_config(nats, "b"));
-    auto alice = member(a.port(), "alice");
-    auto bob = member(b.port(), "bob");
-    REQUIRE(alice->join("lobby"));
-    REQUIRE(bob->join("lobby"));
+    TwoNodes two;
+    auto& [nats, a, b, alice, bob] = two;
     nats.pause();
     for (int i = 0; i < 5; ++i) alice->send(Say{"lobby", "paused " + std::to_string(i)});
     std::this_thread::sleep_for(400ms);  // the fault itself lasts this long; nothing waits on it
@@ -292,13 +298,8 @@ TEST_CASE("the broker paused for less than dead-after: nothing lost, nothing twi
 }
 
 TEST_CASE("the broker paused past dead-after: SAY is refused as unavailable, heartbeats go on, then all resyncs") {
-    NatsServer nats;
-    TestServer a(node_config(nats, "a"));
-    TestServer b(node_config(nats, "b"));
-    auto alice = member(a.port(), "alice");
-    auto bob = member(b.port(), "bob");
-    REQUIRE(alice->join("lobby"));
-    REQUIRE(bob->join("lobby"));
+    TwoNodes two;
+    auto& [nats, a, b, alice, bob] = two;
 
     nats.pause();
     // Sent before the node knows: accepted, kept, sent again with its
