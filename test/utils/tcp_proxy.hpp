@@ -106,8 +106,11 @@ private:
                 while (::read(wake_[0], drain, sizeof drain) > 0) {
                 }
             }
+            // Only the pairs that were polled: one accepted now has no pollfd yet
+            // (reading it unasked would block this thread on a client that waits).
+            const std::size_t polled = pairs_.size();
             if (fds[0].revents & POLLIN) accept_one();
-            for (std::size_t i = 0; i < pairs_.size(); ++i) {
+            for (std::size_t i = 0; i < polled; ++i) {
                 Pair& p = pairs_[i];
                 const auto& from_client = fds[2 + 2 * i];
                 const auto& from_upstream = fds[3 + 2 * i];
