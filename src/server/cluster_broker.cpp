@@ -30,8 +30,8 @@ std::string make_node_name() {
 // --- the broker ------------------------------------------------------------------
 
 struct ClusterBroker::RoomState {
-    explicit RoomState(std::string name, std::size_t history, std::uint64_t gen)
-        : log(std::move(name), history), generation(gen) {}
+    RoomState(std::string name, std::size_t history, std::uint64_t gen, std::uint64_t give_up_ms)
+        : log(std::move(name), history), generation(gen), gap_wait(give_up_ms) {}
     ClusterRoomLog log;
     Subscriber* subscriber = nullptr;
     std::uint64_t generation;
@@ -41,7 +41,7 @@ struct ClusterBroker::RoomState {
     // its live copy still on its way): no new fill until something arrives
     // for the room or the next gap check (retry_gaps), and since when.
     bool fill_paused = false;
-    std::uint64_t unreached_since_ms = 0;
+    GapWait gap_wait;
 };
 
 namespace {
@@ -619,7 +619,7 @@ std::uint64_t ClusterBroker::subscribe(std::string_view room, Subscriber& subscr
         it->second->subscriber = &subscriber;
         return it->second->ready ? epoch_ : 0;
     }
-    auto state = std::make_unique<RoomState>(name, config_.history, next_generation_++);
+    auto state = std::make_unique<RoomState>(name, config_.history, next_generation_++, gap_give_up_ms());
     state->subscriber = &subscriber;
     RoomState& r = *state;
     rooms_.emplace(name, std::move(state));
@@ -714,7 +714,9 @@ void ClusterBroker::handle(FilledEvent& e) {
     // the stream has already dropped it (the per-room limit, at a high rate),
     // its live copy is still on its way: what the fill found beyond it would
     // otherwise be linked over it, and the live copies dropped as seen.
-    bool reached = e.upto == 0;
+    // The gap may have closed meanwhile (the live copy came, out of order):
+    // then there is nothing to wait for.
+    bool reached = e.upto == 0 || room.log.head() >= e.upto;
     for (auto& entry : e.entries) {
         if (e.upto != 0 && entry.seq > e.upto) continue;
         if (entry.seq == e.upto) reached = true;
@@ -722,28 +724,26 @@ void ClusterBroker::handle(FilledEvent& e) {
     }
     if (!e.ok) return;  // tried again when the link comes back
     if (reached) {
-        room.unreached_since_ms = 0;
+        room.gap_wait.closed();
+    } else if (room.gap_wait.short_fill(e.upto, now_ms()) == GapWait::Verdict::skip) {
+        // The live copy never came (lost while this node was cut off, and
+        // trimmed since): go on; a resume from before it counts "unknown".
+        log_->warn("cluster: room '{}': message {} is no longer in the stream and never arrived; skipped",
+                   log_safe(e.room), e.upto);
+        room.log.skip_gap();
     } else {
-        const std::uint64_t now = now_ms();
-        if (room.unreached_since_ms == 0) room.unreached_since_ms = now;
-        if (now - room.unreached_since_ms >= gap_give_up_ms()) {
-            // The live copy never came (lost while this node was cut off, and
-            // trimmed since): go on; a resume from before it counts "unknown".
-            log_->warn("cluster: room '{}': a message the stream no longer holds never arrived; skipped",
-                       log_safe(e.room));
-            room.log.skip_gap();
-            room.unreached_since_ms = 0;
-        } else {
-            room.fill_paused = true;
-            gaps_waiting_.store(true, std::memory_order_relaxed);
-        }
+        room.fill_paused = true;
+        gaps_waiting_.store(true, std::memory_order_relaxed);
     }
     if (room.ready) advance(e.room, room);
 }
 
-std::uint64_t ClusterBroker::gap_give_up_ms() const noexcept {
-    return std::max<std::uint64_t>(2'000, static_cast<std::uint64_t>(config_.dead_after.count()));
-}
+// Two seconds, not dead-after: a live copy that is merely out of order comes
+// within a fill's round trip (well under a second at full load), while a link
+// to a message the stream never committed (a NATS server killed after it
+// republished, before its replicas had it) is never filled, and every such
+// gap in a row holds the room for this long.
+std::uint64_t ClusterBroker::gap_give_up_ms() const noexcept { return 2'000; }
 
 // Hub thread, from the worker's tick: rooms whose fill came back short try again.
 void ClusterBroker::retry_gaps() {
@@ -752,7 +752,7 @@ void ClusterBroker::retry_gaps() {
         if (!room->fill_paused) continue;
         room->fill_paused = false;
         if (room->ready) advance(name, *room);
-        still = still || room->unreached_since_ms != 0;
+        still = still || room->gap_wait.waiting();
     }
     gaps_waiting_.store(still, std::memory_order_relaxed);
 }

@@ -118,3 +118,24 @@ TEST_CASE("a gap the stream can no longer fill is skipped: later messages go on,
     CHECK_FALSE(log.advance(9, deliver));
     CHECK(seen.size() == 3);
 }
+
+TEST_CASE("the wait for a gap's live copy is per gap: a gap that closed does not shorten the next one's") {
+    GapWait wait(3000);
+    CHECK_FALSE(wait.waiting());
+    CHECK(wait.short_fill(46, 1000) == GapWait::Verdict::wait);
+    CHECK(wait.waiting());
+    CHECK(wait.short_fill(46, 2500) == GapWait::Verdict::wait);
+    // Gap 46 closed by its live copy; no closed() was called because the fill
+    // for a later gap came back first. The later gap starts its own wait:
+    CHECK(wait.short_fill(2876, 3900) == GapWait::Verdict::wait);   // 2.9 s after gap 46's start
+    CHECK(wait.short_fill(2876, 6800) == GapWait::Verdict::wait);   // 2.9 s into its own
+    CHECK(wait.short_fill(2876, 6900) == GapWait::Verdict::skip);   // 3.0 s: given up
+    CHECK_FALSE(wait.waiting());
+    // After closed(), a short fill for the same gap starts afresh too.
+    CHECK(wait.short_fill(9000, 10'000) == GapWait::Verdict::wait);
+    wait.closed();
+    CHECK_FALSE(wait.waiting());
+    CHECK(wait.short_fill(9000, 12'500) == GapWait::Verdict::wait);
+    CHECK(wait.short_fill(9000, 15'499) == GapWait::Verdict::wait);
+    CHECK(wait.short_fill(9000, 15'500) == GapWait::Verdict::skip);
+}

@@ -76,4 +76,34 @@ private:
     Message scratch_{Deliver{}};
 };
 
+// How long a room waits for the live copy of the message a gap needs, when
+// a fill came back without it (the stream already dropped it: at a high rate
+// it is usually still on its way, out of order). The wait is per gap: a gap
+// that closed by itself and a later one each get their own. Sans-io: the
+// broker gives it the time.
+class GapWait {
+public:
+    enum class Verdict { wait, skip };
+
+    explicit GapWait(std::uint64_t give_up_ms) : give_up_ms_(give_up_ms) {}
+    // A fill for the gap up to `upto` came back without that message.
+    Verdict short_fill(std::uint64_t upto, std::uint64_t now_ms) noexcept {
+        if (since_ms_ == 0 || upto_ != upto) {
+            since_ms_ = now_ms == 0 ? 1 : now_ms;
+            upto_ = upto;
+        }
+        if (now_ms - since_ms_ < give_up_ms_) return Verdict::wait;
+        since_ms_ = 0;
+        return Verdict::skip;
+    }
+    // The gap closed (the fill found the message, or the head is past it).
+    void closed() noexcept { since_ms_ = 0; }
+    bool waiting() const noexcept { return since_ms_ != 0; }
+
+private:
+    std::uint64_t give_up_ms_;
+    std::uint64_t since_ms_ = 0;
+    std::uint64_t upto_ = 0;
+};
+
 }  // namespace chat
