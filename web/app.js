@@ -314,7 +314,11 @@ function connect(nick, rooms, token, url) {
       whisper: onWhisper,
       members: (room) => { if (session && room === session.current) renderMembers(); },
       rooms: onRooms,
-      nick: (n) => { document.body.dataset.nick = n; renderMembers(); },
+      nick: (n, old) => {
+        document.body.dataset.nick = n;
+        if (old !== null) append(null, infoLine('nick-change', `-- you are now known as ${n}`));
+        renderMembers();
+      },
       roomsChanged: syncRooms,
       notice,
     },

@@ -348,15 +348,21 @@ export class Session {
   async connectFailed() {
     const ws = this.ws;
     this.dropSocket();
+    const origin = globalThis.location?.origin;
     let why = 'the connection failed';
+    if (origin) {
+      why += ` (the server is down, or it refused this page: it takes pages from another origin, here ${origin}, ` +
+        `only when started with --ws-allow-origin ${origin})`;
+    }
     let refused = false;
     try {
       const target = new URL(this.url);
-      if (globalThis.location && target.host === globalThis.location.host) {
+      if (origin && target.host === globalThis.location.host) {
         const r = await fetch(globalThis.location.href, { method: 'HEAD', cache: 'no-store' });
         if (r) {
           refused = true;
-          why = `the server is up but refused this page's WebSocket connection: it accepts pages from origin ${globalThis.location.origin} only when it serves them itself or was started with --ws-allow-origin ${globalThis.location.origin}`;
+          why = `the server is up but refused this page's WebSocket connection: the page's origin ${origin} is not ` +
+            `one it accepts (started with --ws-allow-origin, it takes only the origins listed there)`;
         }
       }
     } catch { /* the server is not reachable at all */ }
@@ -390,7 +396,7 @@ export class Session {
     const until = this.now() + delay;
     const show = () => {
       const left = Math.max(0, until - this.now());
-      let text = `reconnecting in ${Math.ceil(left / 1000)}s (attempt ${attempt})`;
+      let text = `${this.serverSilent ? 'server not responding; ' : ''}reconnecting in ${Math.ceil(left / 1000)}s (attempt ${attempt})`;
       if (why) text += `; ${attempt > 1 ? 'last attempt' : 'lost'}: ${why}`;
       this.status('reconnecting', text, { delay, attempt, why });
     };
@@ -437,6 +443,7 @@ export class Session {
     const silent = now - this.lastRx;
     if (silent >= this.heartbeatTimeoutMs) {
       const text = `server not responding: nothing received for ${formatDuration(silent)} (timeout ${formatDuration(this.heartbeatTimeoutMs)}); closing`;
+      this.serverSilent = true;
       this.status('timeout', text, { silentMs: silent, timeoutMs: this.heartbeatTimeoutMs });
       this.lost('server not responding');
       return;
@@ -449,6 +456,7 @@ export class Session {
   onWelcome(w) {
     clearTimeout(this.timers.connect);
     const reconnect = this.everWelcomed;
+    this.serverSilent = false;
     this.welcomed = true; this.everWelcomed = true;
     this.nick = w.nick; this.resumeToken = w.resumeToken;
     this.heartbeatIntervalMs = w.heartbeatIntervalMs > 0 ? w.heartbeatIntervalMs : 5000;
