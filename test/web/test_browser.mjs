@@ -24,7 +24,12 @@ const here = dirname(fileURLToPath(import.meta.url));
 const root = process.env.PULSECHAT_SOURCE_DIR ?? resolve(here, '..', '..');
 const webDir = join(root, 'web');
 
+// Exit 77 (meson: skipped), or fail where the environment says the suite must run (CI).
 function skip(why) {
+  if (process.env.PULSECHAT_REQUIRE_BROWSER === '1') {
+    console.error(`FAIL: ${why} (PULSECHAT_REQUIRE_BROWSER=1: the browser suite must run here)`);
+    process.exit(1);
+  }
   console.log(`SKIP: ${why}`);
   process.exit(77);
 }
