@@ -397,6 +397,19 @@ test('rooms as tabs by keyboard, whispers, /nick, /who, /leave, and a narrow scr
   await waitText(alice, 'li.whisper', 'can you review my PR first?');
   await say(alice, '/who');
   await waitText(alice, 'li.info', '** #dev: ');
+  // A message in a room in the background: its tab counts it as unread.
+  await say(bob, '/switch lobby');
+  await say(bob, 'lunch at noon, anyone?');
+  await say(bob, '/switch dev');
+  await alice.waitForFunction(() => document.querySelector('[role="tab"][data-room="lobby"] .unread').textContent === '1',
+    { timeout: 10000, polling: 50 });
+
+  if (process.env.PULSECHAT_SCREENSHOT) {
+    await alice.bringToFront();  // a background tab is never painted: its screenshot would wait forever
+    await alice.evaluate(() => document.activeElement.blur());
+    await alice.screenshot({ path: process.env.PULSECHAT_SCREENSHOT });
+    console.log(`# screenshot: ${process.env.PULSECHAT_SCREENSHOT}`);
+  }
 
   // Tabs: two, #dev selected; Alt+1 picks #lobby, and arrow keys move along the tablist.
   const tabs = () => alice.$$eval('[role="tab"]', (ts) => ts.map((t) => `${t.dataset.room}:${t.getAttribute('aria-selected')}`));
@@ -413,11 +426,7 @@ test('rooms as tabs by keyboard, whispers, /nick, /who, /leave, and a narrow scr
   await alice.keyboard.press('Escape');
   assert.equal(await alice.evaluate(() => document.activeElement.id), 'line');
 
-  if (process.env.PULSECHAT_SCREENSHOT) {
-    await alice.evaluate(() => document.activeElement.blur());
-    await alice.screenshot({ path: process.env.PULSECHAT_SCREENSHOT });
-    console.log(`# screenshot: ${process.env.PULSECHAT_SCREENSHOT}`);
-  }
+  assert.equal(await alice.$eval('[role="tab"][data-room="lobby"] .unread', (e) => e.textContent), '', 'seen: no longer unread');
 
   // /nick: alice's own confirmation, bob's presence line and member list.
   await say(alice, '/nick alicia');
@@ -431,6 +440,7 @@ test('rooms as tabs by keyboard, whispers, /nick, /who, /leave, and a narrow scr
   await waitText(alice, 'li.error', "unknown command '/bogus'");
 
   // A 360 px phone screen: no horizontal scrolling, the member list folded behind its button.
+  await bob.bringToFront();
   await bob.setViewport({ width: 360, height: 640 });
   const narrow = await bob.evaluate(() => ({
     overflow: document.documentElement.scrollWidth > window.innerWidth,
