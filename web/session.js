@@ -430,8 +430,8 @@ export class Session {
       if (!m) break;
       this.onFrame(m);
       if (this.finished || !this.ws) return;
+      this.pump();  // an answer frees the way for the next request
     }
-    this.pump();
   }
 
   // Heartbeats (PROTOCOL.md section 7): HEARTBEAT after one quiet interval,
