@@ -47,9 +47,6 @@ try {
 const chatServer = process.env.CHAT_SERVER ?? join(root, 'build', 'chat_server');
 const chatClient = process.env.CHAT_CLIENT ?? join(root, 'build', 'chat_client');
 for (const p of [chatServer, chatClient]) assert.ok(existsSync(p), `${p} exists (set CHAT_SERVER / CHAT_CLIENT)`);
-// Development only: a proxy that serves web/ and carries WebSocket messages to
-// the server's TCP port, for a chat_server without --ws-port.
-const bridge = process.env.PULSECHAT_WS_BRIDGE;
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const children = new Set();
@@ -102,25 +99,15 @@ const started = [];
 
 // chat_server on 127.0.0.1 with a WebSocket port; {tcp, ws, proc}.
 async function startServer({ extra = [], allowOrigins = [] } = {}) {
-  const args = ['--bind', '127.0.0.1', '--port', '0', '--rate', '0', ...extra];
-  if (!bridge) {
-    args.push('--ws-port', '0');
-    for (const o of allowOrigins) args.push('--ws-allow-origin', o);
-  }
+  const args = ['--bind', '127.0.0.1', '--port', '0', '--ws-port', '0', '--rate', '0', ...extra];
+  for (const o of allowOrigins) args.push('--ws-allow-origin', o);
   const proc = new Proc(chatServer, args, 'chat_server');
   started.push(proc);
   const portOf = (l) => Number(l.match(/listening on \S+:(\d+)/)[1]);
   const isWs = (l) => /listening on \S+:\d+/.test(l) && /websocket/i.test(l) && !/tls|wss/i.test(l);
   const isTcp = (l) => /listening on [^\s:]+:\d+\s*$/.test(l);
   const tcp = portOf(await proc.waitLine(isTcp, 10000, 'listening on ADDRESS:PORT'));
-  let ws;
-  if (bridge) {
-    const b = new Proc(process.execPath, [bridge, webDir, String(tcp), ...allowOrigins], 'bridge');
-    started.push(b);
-    ws = portOf(await b.waitLine(isWs, 10000, 'listening ... websocket'));
-  } else {
-    ws = portOf(await proc.waitLine(isWs, 10000, 'listening ... websocket'));
-  }
+  const ws = portOf(await proc.waitLine(isWs, 10000, 'listening ... (websocket ...)'));
   return { tcp, ws, proc };
 }
 
@@ -204,8 +191,13 @@ async function say(page, text) {
   await page.keyboard.press('Enter');
 }
 
-function noProblems(page) {
-  assert.deepEqual(page.problems, [], 'no page errors, console errors or CSP violations');
+// `allowLost`: Chromium's console errors about a WebSocket it gave up on
+// ("WebSocket connection to ... failed: ...") are expected where the test kills
+// connections; they are printed, not failed on.
+function noProblems(page, { allowLost = false } = {}) {
+  const lost = (p) => allowLost && /^console: WebSocket connection to '[^']*' failed/.test(p);
+  for (const p of page.problems.filter(lost)) console.log(`# (expected here) ${p}`);
+  assert.deepEqual(page.problems.filter((p) => !lost(p)), [], 'no page errors, console errors or CSP violations');
 }
 
 // --- the tests ---------------------------------------------------------------------
@@ -308,7 +300,7 @@ test('a SIGSTOPped server is reported within its heartbeat timeout; after SIGCON
     await waitText(alice, 'li.joined', 'started anew', 1000);
     console.log('# the room was made anew while the server was stopped (an epoch change, told on the page)');
   }
-  noProblems(alice);
+  noProblems(alice, { allowLost: true });
   await alice.close();
   await server.proc.stop();
 });
