@@ -8,7 +8,10 @@
 // as chat_client sends them, so that a non-fatal ERROR can be matched to the
 // request it answers (PROTOCOL.md section 5, step 4).
 
-import { Decoder, DecodeError, MISSED_UNKNOWN, Type, encodeFrame, isValidNick, isValidRoom, isValidText } from './protocol.js';
+import {
+  DEFAULT_MAX_FRAME, Decoder, DecodeError, HEADER_SIZE, MAX_FRAME_OVERHEAD, MISSED_UNKNOWN, Type, encodeFrame, isValidNick,
+  isValidRoom, isValidText,
+} from './protocol.js';
 
 export const SUBPROTOCOL = 'pulsechat';
 
@@ -189,6 +192,7 @@ export class Session {
     this.ws = null; this.welcomed = false; this.everWelcomed = false; this.finished = false;
     this.timers = {};
     this.heartbeatIntervalMs = 5000; this.heartbeatTimeoutMs = 15000;
+    this.maxFrame = DEFAULT_MAX_FRAME;  // until a WELCOME says otherwise
     this.nickRetryUntil = 0;
   }
 
@@ -268,6 +272,12 @@ export class Session {
   }
 
   request(m, chat = false) {
+    // A payload over the server's max_frame would end the connection (frame_too_large, fatal).
+    const size = encodeFrame(m).length - HEADER_SIZE;
+    if (size > this.maxFrame) {
+      this.emit('notice', `that message is too long: ${size} bytes, the server takes at most ${this.maxFrame} (nothing was sent)`, 'error');
+      return;
+    }
     this.queue.push(m);
     if (chat && !this.welcomed) this.emit('notice', 'not connected: this goes out once the client has reconnected', 'info');
     this.pump();
@@ -462,6 +472,7 @@ export class Session {
     this.heartbeatIntervalMs = w.heartbeatIntervalMs > 0 ? w.heartbeatIntervalMs : 5000;
     this.heartbeatTimeoutMs = w.heartbeatTimeoutMs > 0 ? w.heartbeatTimeoutMs : 15000;
     this.nickRetryUntil = 0;
+    if (w.maxFrame > 0) { this.maxFrame = w.maxFrame; this.decoder.maxPayload = w.maxFrame + MAX_FRAME_OVERHEAD; }
     this.sessionStart = this.now();
     this.pausedUntil = 0;
     if (this.unconfirmed && !this.has(this.unconfirmed.room)) this.unconfirmed = null;

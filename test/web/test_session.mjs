@@ -157,6 +157,18 @@ test('a connection that never opened is refused without retrying; nick_taken at 
   });
 });
 
+test('a message over the server\'s max_frame is refused before it is sent', () => {
+  const { s, ws, events } = start();
+  ws().open();
+  ws().deliver(welcome({ maxFrame: 100 }), joined('lobby'));
+  const before = ws().sent.length;
+  s.input('x'.repeat(200));
+  assert.equal(ws().sent.length, before);
+  assert.match(events.at(-1)[1], /^that message is too long: \d+ bytes, the server takes at most 100 \(nothing was sent\)$/);
+  s.input('x'.repeat(80));
+  assert.equal(ws().last.name, 'SAY');
+});
+
 test('rate_limited: the same request goes again after a pause', () => {
   const { s, ws } = start();
   ws().open();
