@@ -327,6 +327,7 @@ function connect(nick, rooms, token, url) {
   chat.hidden = false;
   connectError.textContent = '';
   syncRooms();
+  line.disabled = false;
   line.focus();
   session.start();
 }

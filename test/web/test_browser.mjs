@@ -441,6 +441,7 @@ test('rooms as tabs by keyboard, whispers, /nick, /who, /leave, and a narrow scr
   await alice.keyboard.press('Enter');
   await waitState(alice, 'connected');
   await waitText(bob, 'li.presence', 'alice joined');
+  assert.equal(await alice.evaluate(() => document.activeElement.id), 'line', 'the input has the focus again');
 
   // A 360 px phone screen: no horizontal scrolling, the member list folded behind its button.
   await bob.bringToFront();
