@@ -144,6 +144,54 @@ TEST_CASE("a framing violation: an ERROR, then the close code RFC 6455 names, th
     }
 }
 
+TEST_CASE("the message bound is --max-frame + 8 bytes; frames before a violation or a close still count") {
+    ServerConfig cfg = ws_config();
+    cfg.max_frame = 4096;
+    SUBCASE("a message of exactly the bound is taken, one byte more is 1009") {
+        WsServer s(cfg);
+        auto ws = s.upgraded();
+        REQUIRE(ws->login("edge"));
+        std::string beats;
+        while (beats.size() < 4096 + 8) beats += encode(Heartbeat{});
+        REQUIRE(beats.size() == 4096 + 8);
+        ws->write_raw(ws_frame(0x2, beats));
+        ws->send(List{});
+        CHECK(ws->read_until<Rooms>());
+        ws->write_raw(ws_frame(0x2, beats + std::string(1, '\0')));
+        ws->read_until_closed();
+        CHECK(ws->close_code() == 1009);
+    }
+    SUBCASE("a SAY, then a text message, in one write: the SAY is delivered, then the close") {
+        WsServer s(cfg);
+        TestClient tcp(s.server.port());
+        REQUIRE(tcp.login("listener"));
+        REQUIRE(tcp.join("r"));
+        auto ws = s.upgraded();
+        REQUIRE(ws->login("last-words"));
+        REQUIRE(ws->join("r"));
+        ws->write_raw(ws_frame(0x2, encode(Say{"r", "said before"})) + ws_frame(0x1, "text"));
+        auto d = tcp.read_until<Deliver>();
+        REQUIRE(d);
+        CHECK(d->text == "said before");
+        ws->read_until_closed();
+        CHECK(ws->close_code() == 1003);
+    }
+    SUBCASE("a SAY and the close frame in one write: the SAY is delivered") {
+        WsServer s(cfg);
+        TestClient tcp(s.server.port());
+        REQUIRE(tcp.login("listener"));
+        REQUIRE(tcp.join("r"));
+        auto ws = s.upgraded();
+        REQUIRE(ws->login("leaving"));
+        REQUIRE(ws->join("r"));
+        ws->write_raw(ws_frame(0x2, encode(Say{"r", "goodbye all"})) + ws_frame(0x8, std::string("\x03\xE8", 2)));
+        auto d = tcp.read_until<Deliver>();
+        REQUIRE(d);
+        CHECK(d->text == "goodbye all");
+        CHECK(ws->wait_tcp_close(3000ms));
+    }
+}
+
 TEST_CASE("close codes: a pulsechat violation 1008, shutdown 1001, a BYE 1000, heartbeat expiry 1008") {
     SUBCASE("a malformed pulsechat frame") {
         WsServer s;

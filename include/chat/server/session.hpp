@@ -573,18 +573,12 @@ private:
                 }
                 if (!ec && n == 0) continue;
             }
+            [[maybe_unused]] bool ws_peer_closed = false;
             if (!ec) {
                 env_.shard_metrics[shard_]->bytes_in += n;
                 if constexpr (is_ws) {
                     // The WebSocket layer first: binary payloads go on to the decoder.
-                    const bool peer_closed = read_websocket(scratch.first(n), Clock::now());
-                    if (peer_closed) {
-                        // Its close frame ends the stream like an EOF; ours answers it.
-                        answer_peer_close();
-                        core_.on_peer_eof(!core_.closing() && decoder_.buffered() > 0, Clock::now());
-                        apply();
-                        break;
-                    }
+                    ws_peer_closed = read_websocket(scratch.first(n));
                 } else {
                     decoder_.feed(scratch.first(n));
                 }
@@ -603,6 +597,13 @@ private:
                 break;
             }
             if (core_.closing()) {
+                if constexpr (is_ws) {
+                    if (ws_peer_closed) {  // its close frame: the answer to ours, or its own
+                        core_.on_peer_eof(false, Clock::now());
+                        apply();
+                        break;
+                    }
+                }
                 // Draining: what the peer sends now is read and dropped, so
                 // that unread input never turns our close into a reset.
                 decoder_ = Decoder(core_.max_frame());
@@ -624,6 +625,26 @@ private:
                 apply();
                 if (core_.closing() || core_.closed()) break;
             }
+            if constexpr (is_ws) {
+                // The frames that came before a violation or a close count;
+                // then the violation closes the session, or the close ends it
+                // like an EOF (and ours answers it).
+                if (ws_error_) {
+                    if (!core_.closing() && !core_.closed()) {
+                        stream_.set_failure(ws_error_->first);
+                        core_.close_with_error(ErrorCode::malformed_frame, "websocket: " + ws_error_->second,
+                                               Clock::now());
+                        apply();
+                    }
+                    ws_error_.reset();
+                }
+                if (ws_peer_closed) {
+                    answer_peer_close();
+                    core_.on_peer_eof(!core_.closing() && decoder_.buffered() > 0, Clock::now());
+                    apply();
+                    break;
+                }
+            }
             // A huge SAY once received must not stay with an idle session.
             if (holds_big_text(message)) message = Heartbeat{};
             // Nothing half-read: give the buffer back (an idle session keeps none).
@@ -639,9 +660,10 @@ private:
 
     // WebSocket: the frames in `bytes` (and any the reader holds). Binary
     // payloads go to the decoder (dropped while closing), pings are
-    // answered, a framing violation closes the session with the RFC's close
-    // code. Returns whether the peer sent its close frame.
-    bool read_websocket(std::span<const std::uint8_t> bytes, Clock::time_point now) {
+    // answered, a framing violation is kept in ws_error_ for the reader to
+    // act on once the frames before it are handled. Returns whether the
+    // peer sent its close frame.
+    bool read_websocket(std::span<const std::uint8_t> bytes) {
         if constexpr (is_ws) {
             auto& reader = stream_.reader();
             if (!bytes.empty()) reader.feed(bytes);
@@ -665,20 +687,13 @@ private:
                     peer_close_code_ = event.code;
                     peer_closed = true;
                     break;
-                case ws::Reader::Event::Kind::error:
-                    if (!core_.closing() && !core_.closed()) {
-                        stream_.set_failure(event.code);
-                        core_.close_with_error(ErrorCode::malformed_frame, "websocket: " + event.reason, now);
-                        apply();
-                    }
-                    break;
+                case ws::Reader::Event::Kind::error: ws_error_.emplace(event.code, std::move(event.reason)); break;
                 }
             }
             reader.release_buffer();  // an idle connection keeps no buffer
             return peer_closed;
         } else {
             (void)bytes;
-            (void)now;
             return false;
         }
     }
@@ -1142,6 +1157,9 @@ private:
     [[no_unique_address]] TlsOnly<bool> tls_deferred_{};
     // WebSocket: the code of the peer's close frame, echoed in ours.
     [[no_unique_address]] std::conditional_t<is_ws, ws::CloseCode, Nothing> peer_close_code_{};
+    // WebSocket: a framing violation read, not yet acted on (reader()).
+    [[no_unique_address]] std::conditional_t<is_ws, std::optional<std::pair<ws::CloseCode, std::string>>, Nothing>
+        ws_error_{};
 };
 
 }  // namespace chat
