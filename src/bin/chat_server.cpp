@@ -136,6 +136,20 @@ int main(int argc, char** argv) {
                    "Require a client certificate on the TLS port, issued by a CA in this PEM file")
         ->type_name("FILE");
     app.add_option_function<std::uint16_t>(
+           "--ws-port", [&](std::uint16_t port) { cfg.ws_port = port; },
+           "Also listen for WebSocket clients on this port (same --bind; 0 picks a free one): the pulsechat "
+           "protocol in binary messages on path /ws (subprotocol pulsechat), and the browser client at /")
+        ->type_name("PORT");
+    app.add_option_function<std::uint16_t>(
+           "--wss-port", [&](std::uint16_t port) { cfg.wss_port = port; },
+           "The same over TLS (wss://, https://), with --tls-cert and --tls-key")
+        ->type_name("PORT");
+    app.add_option("--ws-allow-origin", cfg.ws_allow_origins,
+                   "A browser origin (https://chat.example.org) whose pages may connect; repeatable. Others get "
+                   "403. Without it only the pages this server serves (same origin) and clients that send no "
+                   "Origin (not browsers) get in")
+        ->type_name("ORIGIN");
+    app.add_option_function<std::uint16_t>(
            "--admin-port", [&](std::uint16_t port) { cfg.admin_port = port; },
            "Serve GET /metrics (Prometheus), /healthz and /readyz over HTTP on this port (0 picks one); off by "
            "default. /readyz answers 503 from the moment a SIGTERM drain begins")
@@ -211,6 +225,12 @@ int main(int argc, char** argv) {
             std::cout << "listening on " << ep.address().to_string() << ":" << ep.port() << std::endl;
         if (const auto tls = server.tls_endpoint())
             std::cout << "listening on " << tls->address().to_string() << ":" << tls->port() << " (tls)" << std::endl;
+        if (const auto ws = server.ws_endpoint())
+            std::cout << "listening on " << ws->address().to_string() << ":" << ws->port() << " (websocket)"
+                      << std::endl;
+        if (const auto wss = server.wss_endpoint())
+            std::cout << "listening on " << wss->address().to_string() << ":" << wss->port() << " (websocket tls)"
+                      << std::endl;
         if (!cfg.unix_path.empty()) std::cout << "listening on unix:" << cfg.unix_path << std::endl;
         if (const auto admin = server.admin_endpoint())
             std::cout << "listening on " << admin->address().to_string() << ":" << admin->port() << " (admin)"

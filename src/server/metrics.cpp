@@ -45,6 +45,8 @@ std::string_view to_string(Transport transport) noexcept {
     case Transport::tcp: return "tcp";
     case Transport::tls: return "tls";
     case Transport::unix_socket: return "unix";
+    case Transport::websocket: return "websocket";
+    case Transport::websocket_tls: return "websocket_tls";
     case Transport::count_: break;
     }
     return "unknown";

@@ -171,23 +171,23 @@ std::vector<asio::ip::tcp::endpoint> Server::listen() {
                                  "option admin, libhttp-parser-dev)");
 #endif
     }
-    if (config_.tls_port) {
+    if (config_.tls_port || config_.wss_port) {
 #if PULSECHAT_HAVE_OPENSSL
         tls_ = std::make_unique<TlsServerContext>(
             TlsServerFiles{config_.tls_cert, config_.tls_key, config_.tls_client_ca});
-        const asio::ip::tcp::endpoint tls_endpoint(address, *config_.tls_port);
-        try {
-            asio::ip::tcp::acceptor tls(hub_context_);
-            tls.open(tls_endpoint.protocol());
-            tls.set_option(asio::socket_base::reuse_address(true));
-            tls.bind(tls_endpoint);
-            tls.listen(asio::socket_base::max_listen_connections);
-            tls_acceptor_.emplace(std::move(tls));
-        } catch (const std::system_error& e) {
-            throw std::runtime_error("cannot listen on " + to_string(tls_endpoint) + " (tls): " + e.code().message());
-        }
+        if (config_.tls_port) tls_acceptor_.emplace(bind_extra({address, *config_.tls_port}, "tls"));
 #else
-        throw std::runtime_error("--tls-port: this chat_server was built without TLS (meson option tls)");
+        throw std::runtime_error(std::string(config_.tls_port ? "--tls-port" : "--wss-port") +
+                                 ": this chat_server was built without TLS (meson option tls)");
+#endif
+    }
+    if (config_.ws_port || config_.wss_port) {
+#if PULSECHAT_HAVE_HTTP_PARSER
+        if (config_.ws_port) ws_acceptor_.emplace(bind_extra({address, *config_.ws_port}, "websocket"));
+        if (config_.wss_port) wss_acceptor_.emplace(bind_extra({address, *config_.wss_port}, "websocket tls"));
+#else
+        throw std::runtime_error("--ws-port/--wss-port: this chat_server was built without the HTTP parser (meson "
+                                 "option admin, libhttp-parser-dev), which the WebSocket handshake needs");
 #endif
     }
     if (!config_.unix_path.empty()) listen_unix();
@@ -264,6 +264,29 @@ void Server::tick(std::size_t shard) {
     });
 }
 
+asio::ip::tcp::acceptor Server::bind_extra(const asio::ip::tcp::endpoint& endpoint, const char* what) {
+    try {
+        asio::ip::tcp::acceptor acceptor(hub_context_);
+        acceptor.open(endpoint.protocol());
+        acceptor.set_option(asio::socket_base::reuse_address(true));
+        acceptor.bind(endpoint);
+        acceptor.listen(asio::socket_base::max_listen_connections);
+        return acceptor;
+    } catch (const std::system_error& e) {
+        throw std::runtime_error("cannot listen on " + to_string(endpoint) + " (" + what + "): " + e.code().message());
+    }
+}
+
+std::optional<asio::ip::tcp::endpoint> Server::ws_endpoint() const {
+    if (!ws_acceptor_) return std::nullopt;
+    return ws_acceptor_->local_endpoint();
+}
+
+std::optional<asio::ip::tcp::endpoint> Server::wss_endpoint() const {
+    if (!wss_acceptor_) return std::nullopt;
+    return wss_acceptor_->local_endpoint();
+}
+
 std::optional<asio::ip::tcp::endpoint> Server::tls_endpoint() const {
     if (!tls_acceptor_) return std::nullopt;
     return tls_acceptor_->local_endpoint();
@@ -321,6 +344,8 @@ void Server::close_listeners() {
     asio::error_code ignored;
     for (auto& acceptor : acceptors_) acceptor.close(ignored);
     if (tls_acceptor_) tls_acceptor_->close(ignored);
+    if (ws_acceptor_) ws_acceptor_->close(ignored);
+    if (wss_acceptor_) wss_acceptor_->close(ignored);
     if (unix_acceptor_) unix_acceptor_->close(ignored);
 }
 
@@ -354,13 +379,25 @@ void Server::do_reload() {
 void Server::run(bool handle_signals) {
     for (auto& acceptor : acceptors_) {
         log_->info("listening on {}", to_string(acceptor.local_endpoint()));
-        asio::co_spawn(hub_context_, accept_loop(acceptor, false),
+        asio::co_spawn(hub_context_, accept_loop(acceptor, Listener::tcp),
                        [log = log_](std::exception_ptr e) { log_loop_failure(log, e); });
     }
     if (tls_acceptor_) {
         log_->info("listening on {} (tls{})", to_string(tls_acceptor_->local_endpoint()),
                    config_.tls_client_ca.empty() ? "" : ", client certificates required");
-        asio::co_spawn(hub_context_, accept_loop(*tls_acceptor_, true),
+        asio::co_spawn(hub_context_, accept_loop(*tls_acceptor_, Listener::tls),
+                       [log = log_](std::exception_ptr e) { log_loop_failure(log, e); });
+    }
+    if (ws_acceptor_) {
+        const auto at = to_string(ws_acceptor_->local_endpoint());
+        log_->info("listening on {} (websocket: ws://{}/ws, the web client at http://{}/)", at, at, at);
+        asio::co_spawn(hub_context_, accept_loop(*ws_acceptor_, Listener::ws),
+                       [log = log_](std::exception_ptr e) { log_loop_failure(log, e); });
+    }
+    if (wss_acceptor_) {
+        const auto at = to_string(wss_acceptor_->local_endpoint());
+        log_->info("listening on {} (websocket tls: wss://{}/ws, the web client at https://{}/)", at, at, at);
+        asio::co_spawn(hub_context_, accept_loop(*wss_acceptor_, Listener::wss),
                        [log = log_](std::exception_ptr e) { log_loop_failure(log, e); });
     }
     if (unix_acceptor_) {
@@ -395,6 +432,7 @@ void Server::run(bool handle_signals) {
     summarize_connections();
     // Every listener is bound and its accept loop queued: systemd may send traffic.
     notifier_.ready(fmt::format("serving; {} listener(s)", acceptors_.size() + (tls_acceptor_ ? 1 : 0) +
+                                                               (ws_acceptor_ ? 1 : 0) + (wss_acceptor_ ? 1 : 0) +
                                                                (unix_acceptor_ ? 1 : 0)));
     if (notifier_.watchdog_interval()) {
         log_->info("systemd watchdog on: WATCHDOG=1 every {} from the hub shard",
@@ -490,7 +528,7 @@ void Server::request_shutdown(const std::string& reason) {
     asio::post(hub_context_, [this, reason] { begin_shutdown(reason); });
 }
 
-asio::awaitable<void> Server::accept_loop(asio::ip::tcp::acceptor& acceptor, bool tls) {
+asio::awaitable<void> Server::accept_loop(asio::ip::tcp::acceptor& acceptor, Listener kind) {
     using asio::experimental::as_tuple;
     for (;;) {
         const std::size_t shard = next_shard_;
@@ -505,7 +543,7 @@ asio::awaitable<void> Server::accept_loop(asio::ip::tcp::acceptor& acceptor, boo
             co_await pause.async_wait(as_tuple(asio::use_awaitable));
             continue;
         }
-        start_session(std::move(socket), shard, tls);
+        start_session(std::move(socket), shard, kind);
     }
 }
 
@@ -546,7 +584,7 @@ void Server::apply_socket_options(asio::ip::tcp::socket& socket) {
     }
 }
 
-void Server::start_session(asio::ip::tcp::socket socket, std::size_t shard, bool tls) {
+void Server::start_session(asio::ip::tcp::socket socket, std::size_t shard, Listener kind) {
     asio::error_code ec;
     const auto remote = socket.remote_endpoint(ec);
     if (ec) return;  // reset before we looked: nothing to serve
@@ -554,7 +592,7 @@ void Server::start_session(asio::ip::tcp::socket socket, std::size_t shard, bool
     const std::string address = remote.address().to_string();
     apply_socket_options(socket);
 #if PULSECHAT_HAVE_OPENSSL
-    if (tls) {
+    if (kind == Listener::tls || kind == Listener::wss) {
         // The session keeps the context it started with: a reload does not
         // pull it from under an open connection.
         auto context = tls_->current();
@@ -565,11 +603,23 @@ void Server::start_session(asio::ip::tcp::socket socket, std::size_t shard, bool
             log_->error("{}: cannot start TLS: {}; connection dropped", peer, e.what());
             return;
         }
+#if PULSECHAT_HAVE_HTTP_PARSER
+        if (kind == Listener::wss) {
+            launch(WebSocketStream<TlsSocket>(std::move(*stream)), shard, peer, address, std::nullopt, context,
+                   Transport::websocket_tls);
+            return;
+        }
+#endif
         launch(std::move(*stream), shard, peer, address, std::nullopt, context, Transport::tls);
         return;
     }
-#else
-    (void)tls;
+#endif
+#if PULSECHAT_HAVE_HTTP_PARSER
+    if (kind == Listener::ws) {
+        launch(WebSocketStream<asio::ip::tcp::socket>(std::move(socket)), shard, peer, address, std::nullopt,
+               nullptr, Transport::websocket);
+        return;
+    }
 #endif
     launch(std::move(socket), shard, peer, address, std::nullopt, nullptr, Transport::tcp);
 }

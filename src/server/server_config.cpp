@@ -53,8 +53,21 @@ std::string validate(const ServerConfig& c) {
     if (c.tcp_user_timeout && c.tcp_user_timeout->count() <= 0) return "--tcp-user-timeout must be positive";
     if (c.tls_port && (c.tls_cert.empty() || c.tls_key.empty()))
         return "--tls-port needs --tls-cert and --tls-key (PEM files)";
-    if (!c.tls_port && (!c.tls_cert.empty() || !c.tls_key.empty() || !c.tls_client_ca.empty()))
-        return "--tls-cert, --tls-key and --tls-client-ca need --tls-port";
+    if (c.wss_port && (c.tls_cert.empty() || c.tls_key.empty()))
+        return "--wss-port needs --tls-cert and --tls-key (PEM files)";
+    if (!c.tls_port && !c.wss_port && (!c.tls_cert.empty() || !c.tls_key.empty() || !c.tls_client_ca.empty()))
+        return "--tls-cert, --tls-key and --tls-client-ca need --tls-port or --wss-port";
+    if (!c.ws_port && !c.wss_port && !c.ws_allow_origins.empty())
+        return "--ws-allow-origin needs --ws-port or --wss-port";
+    for (const auto& origin : c.ws_allow_origins) {
+        const std::string_view o(origin);
+        const auto scheme = o.find("://");
+        // What a browser sends: scheme://host[:port], nothing after it.
+        if (scheme == std::string_view::npos || scheme == 0 || o.size() == scheme + 3 ||
+            o.find_first_of("/?# \t", scheme + 3) != std::string_view::npos)
+            return "--ws-allow-origin: '" + origin +
+                   "' is not an origin such as https://chat.example.org or http://localhost:8080";
+    }
     if (c.unix_mode && *c.unix_mode > 07777) return "--unix-mode must be an octal mode such as 0660";
     if (c.unix_path.size() > 107) return "--unix: a socket path has at most 107 bytes";
     if (c.unix_path.empty() && (c.unix_mode || !c.unix_allow_uids.empty()))

@@ -9,6 +9,12 @@ template class Session<asio::local::stream_protocol::socket>;
 #if PULSECHAT_HAVE_OPENSSL
 template class Session<TlsSocket>;
 #endif
+#if PULSECHAT_HAVE_HTTP_PARSER
+template class Session<WebSocketStream<asio::ip::tcp::socket>>;
+#if PULSECHAT_HAVE_OPENSSL
+template class Session<WebSocketStream<TlsSocket>>;
+#endif
+#endif
 
 std::shared_ptr<SessionBase> make_session(asio::ip::tcp::socket stream, std::uint64_t id, std::size_t shard,
                                           std::string peer, SessionEnv& env) {
@@ -26,6 +32,20 @@ std::shared_ptr<SessionBase> make_session(TlsSocket stream, std::uint64_t id, st
                                           SessionEnv& env) {
     return std::make_shared<Session<TlsSocket>>(std::move(stream), id, shard, std::move(peer), env);
 }
+#endif
+
+#if PULSECHAT_HAVE_HTTP_PARSER
+std::shared_ptr<SessionBase> make_session(WebSocketStream<asio::ip::tcp::socket> stream, std::uint64_t id,
+                                          std::size_t shard, std::string peer, SessionEnv& env) {
+    return std::make_shared<Session<WebSocketStream<asio::ip::tcp::socket>>>(std::move(stream), id, shard,
+                                                                            std::move(peer), env);
+}
+#if PULSECHAT_HAVE_OPENSSL
+std::shared_ptr<SessionBase> make_session(WebSocketStream<TlsSocket> stream, std::uint64_t id, std::size_t shard,
+                                          std::string peer, SessionEnv& env) {
+    return std::make_shared<Session<WebSocketStream<TlsSocket>>>(std::move(stream), id, shard, std::move(peer), env);
+}
+#endif
 #endif
 
 }  // namespace chat

@@ -1,5 +1,7 @@
 #include "chat/server/websocket_handshake.hpp"
 
+#include <cctype>
+
 #include "pulsechat_config.h"
 
 #if PULSECHAT_HAVE_HTTP_PARSER
@@ -45,6 +47,28 @@ std::string trimmed(std::string_view s) {
     return std::string(s);
 }
 
+std::string lowercase(std::string_view s) {
+    std::string out(s);
+    for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return out;
+}
+
+// Whether a browser's Origin ("https://chat.example.org:8443") names the
+// host the request was sent to (its Host header): the page came from this
+// server. Default ports are left out by browsers in both; compared without case.
+bool same_origin(std::string_view origin, const std::optional<std::string>& host_header) {
+    if (!host_header) return false;
+    const auto scheme_end = origin.find("://");
+    if (scheme_end == std::string_view::npos) return false;  // "null": a sandboxed or file: page
+    const std::string scheme = lowercase(origin.substr(0, scheme_end));
+    std::string authority = lowercase(origin.substr(scheme_end + 3));
+    std::string host = lowercase(trimmed(*host_header));
+    const std::string default_port = scheme == "https" ? ":443" : scheme == "http" ? ":80" : "";
+    for (std::string* s : {&authority, &host})
+        if (!default_port.empty() && s->ends_with(default_port)) s->resize(s->size() - default_port.size());
+    return !authority.empty() && authority == host;
+}
+
 }  // namespace
 
 std::string websocket_accept_key(std::string_view key) {
@@ -68,10 +92,19 @@ HandshakeAnswer websocket_handshake(const HttpRequest& request, const WebSocketP
     const auto key = request.header("sec-websocket-key");
     const std::string key_text = key ? trimmed(*key) : std::string();
     if (!valid_key(key_text)) return refuse(400, "Bad Request", "Sec-WebSocket-Key is not the base64 of 16 bytes");
-    if (const auto origin = request.header("origin"); origin && !policy.allowed_origins.empty()) {
+    if (const auto origin = request.header("origin")) {
         const std::string o = trimmed(*origin);
-        if (std::find(policy.allowed_origins.begin(), policy.allowed_origins.end(), o) == policy.allowed_origins.end())
-            return refuse(403, "Forbidden", "origin not allowed (--ws-allow-origin)");
+        if (!policy.allowed_origins.empty()) {
+            if (std::find(policy.allowed_origins.begin(), policy.allowed_origins.end(), o) ==
+                policy.allowed_origins.end())
+                return refuse(403, "Forbidden", "origin not allowed (--ws-allow-origin)");
+        } else if (!same_origin(o, request.header("host"))) {
+            // Without a list only this server's own pages may connect: a
+            // page of another site must not chat with its visitors' sessions.
+            return refuse(403, "Forbidden",
+                          "origin not allowed: only this server's own pages may connect unless --ws-allow-origin "
+                          "lists other origins");
+        }
     }
     std::string protocol_line;
     if (request.header("sec-websocket-protocol")) {

@@ -49,6 +49,19 @@ TEST_SUITE("server_config") {
             {[](ServerConfig& c) { c.tcp_user_timeout = Duration{0}; }, "--tcp-user-timeout"},
             {[](ServerConfig& c) { c.tls_coalesce = Duration{-1}; }, "--tls-coalesce"},
             {[](ServerConfig& c) { c.tls_coalesce = Duration{101}; }, "--tls-coalesce"},
+            {[](ServerConfig& c) { c.wss_port = 0; }, "--wss-port needs --tls-cert"},
+            {[](ServerConfig& c) { c.tls_cert = "c.pem"; }, "--tls-port or --wss-port"},
+            {[](ServerConfig& c) { c.ws_allow_origins = {"https://a.example"}; }, "--ws-allow-origin needs"},
+            {[](ServerConfig& c) {
+                 c.ws_port = 0;
+                 c.ws_allow_origins = {"chat.example.org"};
+             },
+             "--ws-allow-origin: 'chat.example.org'"},
+            {[](ServerConfig& c) {
+                 c.ws_port = 0;
+                 c.ws_allow_origins = {"https://chat.example.org/"};
+             },
+             "--ws-allow-origin"},
         };
         for (const auto& test : cases) {
             ServerConfig cfg;
@@ -66,6 +79,15 @@ TEST_SUITE("server_config") {
         shortest.heartbeat_interval = Duration{50};
         shortest.heartbeat_timeout = Duration{51};
         CHECK(validate(shortest).empty());
+        ServerConfig websocket;
+        websocket.ws_port = 0;
+        websocket.ws_allow_origins = {"https://chat.example.org", "http://localhost:8080"};
+        CHECK(validate(websocket).empty());
+        ServerConfig secure_websocket;
+        secure_websocket.wss_port = 0;
+        secure_websocket.tls_cert = "cert.pem";
+        secure_websocket.tls_key = "key.pem";
+        CHECK(validate(secure_websocket).empty());
         ServerConfig uncoalesced;
         uncoalesced.tls_coalesce = Duration{0};
         CHECK(validate(uncoalesced).empty());

@@ -22,10 +22,11 @@ HttpRequest parse(const std::string& bytes) {
     return reader.take();
 }
 
-// RFC 6455 1.2's request, with `extra` header lines and `drop` removed.
+// RFC 6455 1.2's request (its page from the server's own host, so that it is
+// same-origin), with `extra` header lines and `drop` removed.
 std::string request(std::string extra = "", std::string drop = "") {
     std::string lines[] = {"Host: server.example.com", "Upgrade: websocket", "Connection: Upgrade",
-                           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Origin: http://example.com",
+                           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Origin: http://server.example.com",
                            "Sec-WebSocket-Version: 13"};
     std::string r = "GET /chat HTTP/1.1\r\n";
     for (const auto& l : lines)
@@ -108,7 +109,28 @@ TEST_CASE("refusals a client can act on: the status, the header it needs, a reas
         CHECK(websocket_handshake(parse(request("", "Origin")), policy).accepted);
         auto ok = request("Origin: https://chat.example.org\r\n", "Origin");
         CHECK(websocket_handshake(parse(ok), policy).accepted);
-        CHECK(websocket_handshake(parse(request()), {}).accepted);  // no list: any origin
+        CHECK_FALSE(websocket_handshake(parse(request()), policy).accepted);
+    }
+    SUBCASE("no allow-list: the server's own pages only (Origin's host is Host), and non-browsers") {
+        CHECK(websocket_handshake(parse(request()), {}).accepted);
+        CHECK(websocket_handshake(parse(request("", "Origin")), {}).accepted);  // no Origin: not a browser
+        const auto with = [](std::string origin, std::string host) {
+            std::string r = request("Origin: " + origin + "\r\nHost: " + host + "\r\n", "Origin");
+            // drop the default Host line: the one given replaces it
+            r.erase(r.find("Host: server.example.com\r\n"), std::string("Host: server.example.com\r\n").size());
+            return websocket_handshake(parse(r), {});
+        };
+        CHECK(with("http://127.0.0.1:8080", "127.0.0.1:8080").accepted);
+        CHECK(with("HTTPS://Chat.Example.org", "chat.example.org").accepted);
+        CHECK(with("https://chat.example.org", "chat.example.org:443").accepted);  // default port either way
+        CHECK(with("http://chat.example.org:80", "chat.example.org").accepted);
+        auto other = with("http://evil.example.net", "chat.example.org");
+        CHECK(other.status == 403);
+        CHECK(other.response.find("--ws-allow-origin") != std::string::npos);
+        CHECK(with("http://127.0.0.1:8081", "127.0.0.1:8080").status == 403);  // another port is another origin
+        CHECK(with("https://chat.example.org", "chat.example.org:80").status == 403);
+        CHECK(with("null", "chat.example.org").status == 403);  // a sandboxed or file: page
+        CHECK(with("http://chat.example.org.evil.net", "chat.example.org").status == 403);
     }
     SUBCASE("subprotocols: pulsechat among them is selected; others alone are refused") {
         auto a = websocket_handshake(parse(request("Sec-WebSocket-Protocol: chat, pulsechat\r\n")), {});

@@ -44,6 +44,7 @@ enum class CloseCode : std::uint16_t {
     policy = 1008,          // a fatal pulsechat ERROR (its code is in the reason)
     too_big = 1009,         // a message over the bound
     internal = 1011,
+    try_again_later = 1013,  // refused for now (server full, too many connections)
 };
 
 // Whether a peer may send `code` in a close frame (RFC 6455 7.4).
@@ -78,6 +79,7 @@ public:
     };
 
     explicit Reader(std::size_t max_message) : max_message_(max_message) {}
+    void set_max_message(std::size_t max_message) noexcept { max_message_ = max_message; }
 
     void feed(std::span<const std::uint8_t> bytes);
     void feed(std::string_view bytes);
@@ -88,6 +90,13 @@ public:
     bool failed() const noexcept { return failed_; }
     bool closed() const noexcept { return closed_; }
     std::size_t buffered() const noexcept { return buffer_.size() - begin_; }
+    // Gives the buffer's memory back when nothing is buffered (an idle
+    // connection keeps none); a frame under way keeps its state, not its bytes.
+    void release_buffer() noexcept {
+        if (buffered() != 0) return;
+        std::vector<std::uint8_t>().swap(buffer_);
+        begin_ = 0;
+    }
 
 private:
     bool fail(Event& out, CloseCode code, std::string reason);

@@ -40,7 +40,7 @@ std::string_view to_string(CloseCause cause) noexcept;
 // The cause behind a fatal ERROR the server sends.
 CloseCause close_cause_for(ErrorCode code) noexcept;
 
-enum class Transport : std::uint8_t { tcp, tls, unix_socket, count_ };
+enum class Transport : std::uint8_t { tcp, tls, unix_socket, websocket, websocket_tls, count_ };
 inline constexpr std::size_t transport_count = static_cast<std::size_t>(Transport::count_);
 std::string_view to_string(Transport transport) noexcept;
 

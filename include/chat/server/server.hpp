@@ -46,6 +46,9 @@ public:
     std::vector<asio::ip::tcp::endpoint> listen();
     // After listen(): the TLS listener's endpoint, if there is one.
     std::optional<asio::ip::tcp::endpoint> tls_endpoint() const;
+    // After listen(): the WebSocket listeners' endpoints (--ws-port, --wss-port), if there are.
+    std::optional<asio::ip::tcp::endpoint> ws_endpoint() const;
+    std::optional<asio::ip::tcp::endpoint> wss_endpoint() const;
     // After listen(): the admin listener's endpoint (--admin-port), if there is one.
     std::optional<asio::ip::tcp::endpoint> admin_endpoint() const;
 
@@ -89,10 +92,13 @@ private:
     std::size_t current_shard() const noexcept override;
     void post(std::size_t shard, std::function<void()> work) override;
 
-    asio::awaitable<void> accept_loop(asio::ip::tcp::acceptor& acceptor, bool tls);
+    // What a TCP listener carries: the pulsechat stream, over TLS, in WebSocket, in WebSocket over TLS.
+    enum class Listener : std::uint8_t { tcp, tls, ws, wss };
+    asio::awaitable<void> accept_loop(asio::ip::tcp::acceptor& acceptor, Listener kind);
     asio::awaitable<void> accept_unix_loop();
     void apply_socket_options(asio::ip::tcp::socket& socket);
-    void start_session(asio::ip::tcp::socket socket, std::size_t shard, bool tls);
+    void start_session(asio::ip::tcp::socket socket, std::size_t shard, Listener kind);
+    asio::ip::tcp::acceptor bind_extra(const asio::ip::tcp::endpoint& endpoint, const char* what);
     void start_unix_session(asio::local::stream_protocol::socket socket, std::size_t shard);
     // Limits, registries and the start of a session over any stream.
     template <class Stream>
@@ -128,6 +134,8 @@ private:
     SessionEnv env_;
     std::vector<asio::ip::tcp::acceptor> acceptors_;
     std::optional<asio::ip::tcp::acceptor> tls_acceptor_;
+    std::optional<asio::ip::tcp::acceptor> ws_acceptor_;   // --ws-port
+    std::optional<asio::ip::tcp::acceptor> wss_acceptor_;  // --wss-port
     std::optional<asio::local::stream_protocol::acceptor> unix_acceptor_;
     // The socket file this server made: removed on exit if it is still that file.
     std::optional<std::pair<dev_t, ino_t>> unix_socket_file_;

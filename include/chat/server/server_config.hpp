@@ -78,6 +78,16 @@ struct ServerConfig {
     std::string tls_key;
     std::string tls_client_ca;  // set: clients must show a certificate from these CAs
 
+    // WebSocket listeners (on `bind`): the pulsechat protocol in binary
+    // WebSocket messages on path /ws, and the browser client's files on the
+    // same port. wss_port uses tls_cert and tls_key.
+    std::optional<std::uint16_t> ws_port;
+    std::optional<std::uint16_t> wss_port;
+    // Origins a browser page may connect from; empty: only pages this server
+    // served itself (Origin's host equals the Host header) and non-browser
+    // clients, which send no Origin.
+    std::vector<std::string> ws_allow_origins;
+
     // Unix-domain socket listener; empty: none.
     std::string unix_path;
     std::optional<unsigned> unix_mode;           // permissions of the socket file, e.g. 0660

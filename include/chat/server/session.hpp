@@ -5,7 +5,9 @@
 // transport; the rest of the server knows sessions as SessionBase
 // (session_base.hpp) and makes them with make_session().
 //
-// The same template serves TCP, TLS and Unix-domain sockets. Everything a
+// The same template serves TCP, TLS, Unix-domain sockets and WebSocket (over
+// TCP or TLS: WebSocketStream, whose framing is added on the read and write
+// paths below). Everything a
 // session decides (what a frame means, the queue and its bound, every
 // deadline, the close) is in SessionCore (session_core.hpp), which does no
 // I/O; this class feeds it what happened and carries out what it answers
@@ -48,6 +50,9 @@
 #include "chat/server/session_env.hpp"
 #include "chat/server/tls_socket.hpp"
 #include "chat/server/tls_staging.hpp"
+#include "chat/server/web_files.hpp"
+#include "chat/server/websocket_handshake.hpp"
+#include "chat/server/websocket_stream.hpp"
 
 namespace chat {
 
@@ -76,7 +81,7 @@ public:
           env_(env),
           core_(env.config, *this, env.counters, *env.shard_metrics[shard], *env.log, id, peer_, env.server_version),
           decoder_(max_frame_before_hello),
-          watchdog_(stream_.get_executor()) {}
+          watchdog_(sock().get_executor()) {}
 
     std::uint64_t id() const noexcept override { return id_; }
     void hold(std::shared_ptr<const void> resource) override {
@@ -96,7 +101,7 @@ public:
         // reason the watchdog is a plain timer callback and the writer runs
         // only while there is something to write.
         spawn([self]() -> asio::awaitable<void> {
-            if (!co_await self->tls_handshake()) co_return;
+            if (!co_await self->transport_handshake()) co_return;
             self->transport_ready_ = true;
             self->core_.transport_ready();
             self->apply();
@@ -137,7 +142,7 @@ private:
         if (actions == SessionCore::act_none) return;
         if (actions & SessionCore::act_close) {
             asio::error_code ignored;
-            stream_.lowest_layer().close(ignored);
+            sock().lowest_layer().close(ignored);
             watchdog_.cancel();
             return;
         }
@@ -218,10 +223,10 @@ private:
     // SIOCINQ: bytes waiting in the socket's receive queue.
     std::size_t unread_bytes() override {
         int n = 0;
-        if (::ioctl(stream_.lowest_layer().native_handle(), SIOCINQ, &n) != 0) n = 0;
+        if (::ioctl(sock().lowest_layer().native_handle(), SIOCINQ, &n) != 0) n = 0;
         std::size_t waiting = n > 0 ? static_cast<std::size_t>(n) : 0;
         if constexpr (is_tls) {
-            if (stream_.has_pending()) ++waiting;  // read ahead into OpenSSL's buffer
+            if (sock().has_pending()) ++waiting;  // read ahead into OpenSSL's buffer
         }
         return waiting;
     }
@@ -258,62 +263,239 @@ private:
     // thread and only an incomplete frame's tail stays with the session. TLS
     // too: OpenSSL reads the descriptor itself (TlsSocket) and, with
     // SSL_MODE_RELEASE_BUFFERS, gives its record buffer back once it is empty.
-    static constexpr bool is_tls = is_tls_socket<Stream>;
+    using Socket = typename TransportOf<Stream>::type;  // the socket under any WebSocket layer
+    static constexpr bool is_ws = TransportOf<Stream>::websocket;
+    static constexpr bool is_tls = is_tls_socket<Socket>;
+
+    Socket& sock() noexcept {
+        if constexpr (is_ws)
+            return stream_.next_layer();
+        else
+            return stream_;
+    }
 
     static std::span<std::uint8_t> read_scratch() {
         static thread_local std::vector<std::uint8_t> scratch(64 * 1024);
         return scratch;
     }
 
-    // TLS: the handshake comes first and counts against the handshake timeout
-    // (the core's first deadline). Other streams: nothing to do.
-    asio::awaitable<bool> tls_handshake() {
-        if constexpr (is_tls) {
-            using asio::experimental::as_tuple;
-            // The watchdog does not run yet, so its timer bounds the
-            // handshake: at the deadline the socket is closed, which ends it.
+    // The transport's own handshakes come first: TLS, then WebSocket's HTTP
+    // upgrade. Both count against the handshake timeout (the core's first
+    // deadline), and the watchdog's timer bounds them: the watchdog does not
+    // run yet, and at the deadline it closes the socket, which ends them.
+    // Plain TCP and Unix sockets have none.
+    asio::awaitable<bool> transport_handshake() {
+        if constexpr (!is_tls && !is_ws) {
+            co_return true;
+        } else {
             watchdog_.expires_at(core_.handshake_deadline());
             watchdog_.async_wait([self = this->shared_from_this()](const asio::error_code& ec) {
                 if (ec || self->handshake_done_) return;
                 self->handshake_timed_out_ = true;
                 asio::error_code ignored;
-                self->stream_.lowest_layer().close(ignored);
+                self->sock().lowest_layer().close(ignored);
             });
+            std::string failure;  // empty: the transport is ready
+            bool served = false;  // WebSocket port: pages served, no chat session
+            if constexpr (is_tls) failure = co_await tls_handshake();
+            if constexpr (is_ws) {
+                if (failure.empty() && !handshake_timed_out_) failure = co_await websocket_upgrade(served);
+            }
+            handshake_done_ = true;
+            watchdog_.cancel();
+            if (core_.closed()) co_return false;  // aborted meanwhile (server shut down)
+            if (served) {
+                core_.abort("HTTP connection done", CloseCause::peer_closed);
+                apply();
+                co_return false;
+            }
+            if (handshake_timed_out_ || !failure.empty()) {
+                if (handshake_timed_out_)
+                    failure = std::string(is_ws ? "WebSocket" : "TLS") + " handshake not done within " +
+                              format_duration(env_.config.handshake_timeout);
+                env_.log->warn("session {} {}: {}", id_, peer_, failure);
+                core_.transport_failed(failure, handshake_timed_out_);
+                apply();
+                co_return false;
+            }
+            co_return true;
+        }
+    }
+
+    // TLS: SSL_do_handshake steps until done; an empty string when it is.
+    asio::awaitable<std::string> tls_handshake() {
+        if constexpr (is_tls) {
+            using asio::experimental::as_tuple;
             asio::error_code ec;
             for (;;) {
-                const auto step = stream_.handshake();
+                const auto step = sock().handshake();
                 if (step.status == TlsSocket::Status::done) break;
                 if (step.status != TlsSocket::Status::want_read && step.status != TlsSocket::Status::want_write) {
                     ec = step.error;
                     break;
                 }
-                auto [wait_ec] = co_await stream_.async_wait(step.status == TlsSocket::Status::want_read
-                                                                 ? asio::socket_base::wait_read
-                                                                 : asio::socket_base::wait_write,
-                                                             as_tuple(asio::use_awaitable));
+                auto [wait_ec] = co_await sock().async_wait(step.status == TlsSocket::Status::want_read
+                                                                ? asio::socket_base::wait_read
+                                                                : asio::socket_base::wait_write,
+                                                            as_tuple(asio::use_awaitable));
                 if (wait_ec) {
                     ec = wait_ec;
                     break;
                 }
             }
-            handshake_done_ = true;
-            watchdog_.cancel();
-            if (core_.closed()) co_return false;  // aborted meanwhile (server shut down)
-            if (ec || handshake_timed_out_) {
-                const std::string why = handshake_timed_out_
-                                            ? "TLS handshake not done within " +
-                                                  format_duration(env_.config.handshake_timeout)
-                                            : "TLS handshake failed: " + describe_tls_failure(ec, stream_.native_handle());
-                env_.log->warn("session {} {}: {}", id_, peer_, why);
-                core_.transport_failed(why, handshake_timed_out_);
-                apply();
-                co_return false;
-            }
-            env_.log->debug("session {} {}: {}", id_, peer_, describe_tls_session(stream_.native_handle()));
+            if (core_.closed() || handshake_timed_out_) co_return std::string{};
+            if (ec) co_return "TLS handshake failed: " + describe_tls_failure(ec, sock().native_handle());
+            env_.log->debug("session {} {}: {}", id_, peer_, describe_tls_session(sock().native_handle()));
             // The client's first frames may have come with its last handshake
             // message: OpenSSL holds them, the socket need not turn readable.
             read_again_ = true;
         }
+        co_return std::string{};
+    }
+
+    // WebSocket: HTTP requests until the upgrade. A GET of a page (the
+    // browser client, web_files.hpp) is answered and the connection kept
+    // for the next request while the client keeps it alive; the upgrade
+    // request is checked (websocket_handshake.hpp: version, key, Origin,
+    // subprotocol) and answered 101 or refused. Bytes behind the upgrade
+    // request are the client's first WebSocket frames: they stay in the
+    // reader. `served`: the connection ended after pages, never upgrading.
+    asio::awaitable<std::string> websocket_upgrade(bool& served) {
+        if constexpr (is_ws) {
+            HttpRequestReader http;
+            std::string pending;  // read, not yet parsed
+            bool answered = false;
+            const auto scratch = read_scratch();
+            for (;;) {
+                auto status = HttpRequestReader::Status::need_more;
+                if (!pending.empty()) {
+                    std::size_t consumed = 0;
+                    status = http.feed(pending, consumed);
+                    pending.erase(0, consumed);
+                }
+                if (status == HttpRequestReader::Status::need_more) {
+                    asio::error_code ec;
+                    const std::size_t n = co_await read_raw(scratch, ec);
+                    if (ec) {
+                        // Between requests (or before any): the client is done
+                        // with the connection, or it idled to the deadline.
+                        if (!http.in_request() && pending.empty() &&
+                            (answered || ec == asio::error::eof)) {
+                            served = true;
+                            co_return std::string{};
+                        }
+                        if (handshake_timed_out_ || core_.closed()) co_return std::string{};
+                        co_return ec == asio::error::eof ? "WebSocket handshake: closed in the middle of a request"
+                                                         : "WebSocket handshake: read failed: " + ec.message();
+                    }
+                    env_.shard_metrics[shard_]->bytes_in += n;
+                    pending.append(reinterpret_cast<const char*>(scratch.data()), n);
+                    continue;
+                }
+                if (status == HttpRequestReader::Status::error) {
+                    const std::string answer = http_response(400, "Bad Request", "text/plain; charset=utf-8",
+                                                             http.error() + "\n", false);
+                    co_await write_raw(answer);
+                    co_return "WebSocket handshake: bad HTTP request: " + http.error();
+                }
+                const HttpRequest request = http.take();
+                answered = true;
+                if (request.upgrade || request.header("upgrade") || request.header("sec-websocket-key")) {
+                    HandshakeAnswer answer;
+                    if (request.path() != "/ws") {
+                        answer.status = 404;
+                        answer.reason = "no WebSocket endpoint at " + log_safe(request.path()) + "; use /ws";
+                        answer.response = http_response(404, "Not Found", "text/plain; charset=utf-8",
+                                                        "the WebSocket endpoint is /ws\n", false);
+                    } else {
+                        answer = websocket_handshake(request, WebSocketPolicy{env_.config.ws_allow_origins});
+                    }
+                    if (!co_await write_raw(answer.response)) co_return "WebSocket handshake: write failed";
+                    if (!answer.accepted)
+                        co_return "WebSocket handshake refused (" + std::to_string(answer.status) +
+                            "): " + answer.reason;
+                    // A client's message holds at most one frame of --max-frame
+                    // (or several smaller ones): the reader's bound (1009 above it).
+                    stream_.reader().set_max_message(std::size_t{env_.config.max_frame} + header_size);
+                    if (!pending.empty()) stream_.reader().feed(pending);
+                    env_.log->debug("session {} {}: WebSocket upgrade{}", id_, peer_,
+                                    request.header("origin") ? " from " + log_safe(*request.header("origin")) : "");
+                    co_return std::string{};
+                }
+                const WebAnswer page = web_response(request);
+                env_.log->debug("session {} {}: {} {}: {}", id_, peer_, log_safe(request.method),
+                                log_safe(request.target), page.status);
+                if (!co_await write_raw(page.response)) co_return "HTTP: write failed";
+                if (!page.keep_alive) {
+                    asio::error_code ignored;
+                    sock().lowest_layer().shutdown(asio::socket_base::shutdown_send, ignored);
+                    served = true;
+                    co_return std::string{};
+                }
+            }
+        } else {
+            (void)served;
+            co_return std::string{};
+        }
+    }
+
+    // The handshakes' reads: whatever the transport has, after waiting for it.
+    asio::awaitable<std::size_t> read_raw(std::span<std::uint8_t> into, asio::error_code& ec) {
+        using asio::experimental::as_tuple;
+        for (;;) {
+            auto wait = asio::socket_base::wait_read;
+            if constexpr (is_tls) {
+                const auto got = sock().read(into.data(), into.size());
+                switch (got.status) {
+                case TlsSocket::Status::done: co_return got.bytes;
+                case TlsSocket::Status::want_read: break;
+                case TlsSocket::Status::want_write: wait = asio::socket_base::wait_write; break;
+                case TlsSocket::Status::closed: ec = asio::error::eof; co_return 0;
+                case TlsSocket::Status::failed: ec = got.error; co_return 0;
+                }
+            } else {
+                const std::size_t n = sock().read_some(asio::buffer(into.data(), into.size()), ec);
+                if (!ec) co_return n;
+                if (ec != asio::error::would_block && ec != asio::error::try_again) co_return 0;
+                ec = {};
+            }
+            auto [wait_ec] = co_await sock().async_wait(wait, as_tuple(asio::use_awaitable));
+            if (wait_ec) {
+                ec = wait_ec;
+                co_return 0;
+            }
+        }
+    }
+
+    // The handshakes' writes: all of `data`, waiting for room as needed.
+    asio::awaitable<bool> write_raw(std::string_view data) {
+        using asio::experimental::as_tuple;
+        std::size_t off = 0;
+        while (off < data.size()) {
+            auto wait = asio::socket_base::wait_write;
+            if constexpr (is_tls) {
+                const auto sent = sock().write(data.data() + off, data.size() - off);
+                switch (sent.status) {
+                case TlsSocket::Status::done: off += sent.bytes; continue;
+                case TlsSocket::Status::want_write: break;
+                case TlsSocket::Status::want_read: wait = asio::socket_base::wait_read; break;
+                case TlsSocket::Status::closed:
+                case TlsSocket::Status::failed: co_return false;
+                }
+            } else {
+                const ssize_t n = ::send(sock().lowest_layer().native_handle(), data.data() + off, data.size() - off,
+                                         MSG_NOSIGNAL | MSG_DONTWAIT);
+                if (n >= 0) {
+                    off += static_cast<std::size_t>(n);
+                    continue;
+                }
+                if (errno == EINTR) continue;
+                if (errno != EAGAIN && errno != EWOULDBLOCK) co_return false;
+            }
+            auto [wait_ec] = co_await sock().async_wait(wait, as_tuple(asio::use_awaitable));
+            if (wait_ec) co_return false;
+        }
+        env_.shard_metrics[shard_]->bytes_out += data.size();
         co_return true;
     }
 
@@ -329,7 +511,7 @@ private:
             }
             std::size_t n = 0;
             while (n < scratch.size()) {
-                const auto got = stream_.read(scratch.data() + n, scratch.size() - n);
+                const auto got = sock().read(scratch.data() + n, scratch.size() - n);
                 switch (got.status) {
                 case TlsSocket::Status::done: n += got.bytes; continue;
                 case TlsSocket::Status::want_read: return n;
@@ -362,36 +544,46 @@ private:
     asio::awaitable<void> reader() {
         using asio::experimental::as_tuple;
         Message message;
+        // WebSocket: frames that came behind the upgrade request wait in the reader.
+        bool buffered_input = false;
+        if constexpr (is_ws) buffered_input = stream_.reader().buffered() > 0;
         while (!core_.closed()) {
             asio::error_code ec;
-            if (!read_again_) {
-                auto [wait_ec] = co_await stream_.async_wait(asio::socket_base::wait_read, as_tuple(asio::use_awaitable));
+            std::size_t n = 0;
+            if (!read_again_ && !buffered_input) {
+                auto [wait_ec] = co_await sock().async_wait(asio::socket_base::wait_read, as_tuple(asio::use_awaitable));
                 ec = wait_ec;
             }
             read_again_ = false;
-            if (!ec) {
-                auto scratch = read_scratch();
-                std::size_t n = 0;
+            auto scratch = read_scratch();
+            if (!ec && !buffered_input) {
                 if constexpr (is_tls) {
                     n = read_tls(scratch, ec);
                     if (tls_read_wants_write_) {
                         // A TLS 1.3 post-handshake message of ours waits for room.
                         tls_read_wants_write_ = false;
                         auto [wait_ec] =
-                            co_await stream_.async_wait(asio::socket_base::wait_write, as_tuple(asio::use_awaitable));
+                            co_await sock().async_wait(asio::socket_base::wait_write, as_tuple(asio::use_awaitable));
                         if (!wait_ec) read_again_ = true;
                         ec = wait_ec;
                     }
                 } else {
-                    n = stream_.read_some(asio::buffer(scratch.data(), scratch.size()), ec);
+                    n = sock().read_some(asio::buffer(scratch.data(), scratch.size()), ec);
                     if (ec == asio::error::would_block || ec == asio::error::try_again) continue;
                 }
                 if (!ec && n == 0) continue;
-                if (!ec) {
-                    env_.shard_metrics[shard_]->bytes_in += n;
+            }
+            [[maybe_unused]] bool ws_peer_closed = false;
+            if (!ec) {
+                env_.shard_metrics[shard_]->bytes_in += n;
+                if constexpr (is_ws) {
+                    // The WebSocket layer first: binary payloads go on to the decoder.
+                    ws_peer_closed = read_websocket(scratch.first(n));
+                } else {
                     decoder_.feed(scratch.first(n));
                 }
             }
+            buffered_input = false;
             if (ec == asio::error::eof) {
                 core_.on_peer_eof(decoder_.buffered() > 0, Clock::now());
                 apply();
@@ -405,6 +597,13 @@ private:
                 break;
             }
             if (core_.closing()) {
+                if constexpr (is_ws) {
+                    if (ws_peer_closed) {  // its close frame: the answer to ours, or its own
+                        core_.on_peer_eof(false, Clock::now());
+                        apply();
+                        break;
+                    }
+                }
                 // Draining: what the peer sends now is read and dropped, so
                 // that unread input never turns our close into a reset.
                 decoder_ = Decoder(core_.max_frame());
@@ -426,6 +625,26 @@ private:
                 apply();
                 if (core_.closing() || core_.closed()) break;
             }
+            if constexpr (is_ws) {
+                // The frames that came before a violation or a close count;
+                // then the violation closes the session, or the close ends it
+                // like an EOF (and ours answers it).
+                if (ws_error_) {
+                    if (!core_.closing() && !core_.closed()) {
+                        stream_.set_failure(ws_error_->first);
+                        core_.close_with_error(ErrorCode::malformed_frame, "websocket: " + ws_error_->second,
+                                               Clock::now());
+                        apply();
+                    }
+                    ws_error_.reset();
+                }
+                if (ws_peer_closed) {
+                    answer_peer_close();
+                    core_.on_peer_eof(!core_.closing() && decoder_.buffered() > 0, Clock::now());
+                    apply();
+                    break;
+                }
+            }
             // A huge SAY once received must not stay with an idle session.
             if (holds_big_text(message)) message = Heartbeat{};
             // Nothing half-read: give the buffer back (an idle session keeps none).
@@ -435,6 +654,67 @@ private:
                 // it catches up. Bytes wait in the socket meanwhile, which the
                 // core counts as a sign of life (SessionCore::on_timer).
                 co_await env_.hub_gates[shard_]->wait_until_open();
+            }
+        }
+    }
+
+    // WebSocket: the frames in `bytes` (and any the reader holds). Binary
+    // payloads go to the decoder (dropped while closing), pings are
+    // answered, a framing violation is kept in ws_error_ for the reader to
+    // act on once the frames before it are handled. Returns whether the
+    // peer sent its close frame.
+    bool read_websocket(std::span<const std::uint8_t> bytes) {
+        if constexpr (is_ws) {
+            auto& reader = stream_.reader();
+            if (!bytes.empty()) reader.feed(bytes);
+            ws::Reader::Event event;
+            bool peer_closed = false;
+            while (reader.next(event)) {
+                switch (event.kind) {
+                case ws::Reader::Event::Kind::data:
+                    if (!core_.closing() && !core_.closed()) decoder_.feed(event.payload);
+                    break;
+                case ws::Reader::Event::Kind::ping:
+                    if (!stream_.close_sent()) {
+                        stream_.queue_control(ws::encode_control(
+                            ws::Opcode::pong, std::string_view(reinterpret_cast<const char*>(event.payload.data()),
+                                                               event.payload.size())));
+                        wake_writer();
+                    }
+                    break;
+                case ws::Reader::Event::Kind::pong: break;
+                case ws::Reader::Event::Kind::close:
+                    peer_close_code_ = event.code;
+                    peer_closed = true;
+                    break;
+                case ws::Reader::Event::Kind::error: ws_error_.emplace(event.code, std::move(event.reason)); break;
+                }
+            }
+            reader.release_buffer();  // an idle connection keeps no buffer
+            return peer_closed;
+        } else {
+            (void)bytes;
+            return false;
+        }
+    }
+
+    // WebSocket: the peer closed first and the session ends now; RFC 6455
+    // 5.5.1 wants our close frame back. It is written at once, if the
+    // socket takes it and no message is half-written (else the peer sees
+    // the TCP close, which it must accept as the end too).
+    void answer_peer_close() {
+        if constexpr (is_ws) {
+            if (stream_.close_sent() || stream_.control_started() || core_.closing() ||
+                (!core_.batch().empty() && (stream_.message_started() || sent_index_ > 0 || sent_offset_ > 0)))
+                return;
+            stream_.mark_close_sent();
+            const auto code = peer_close_code_ == ws::CloseCode::no_status ? ws::CloseCode::normal : peer_close_code_;
+            const std::string frame = ws::encode_close(code, {});
+            if constexpr (is_tls) {
+                (void)sock().write(frame.data(), frame.size());
+            } else {
+                (void)::send(sock().lowest_layer().native_handle(), frame.data(), frame.size(),
+                             MSG_NOSIGNAL | MSG_DONTWAIT);
             }
         }
     }
@@ -454,11 +734,37 @@ private:
     enum class WriteResult { done, would_block, failed };
 
     // The core's batch, with the cursor of what was sent of it reset.
+    // WebSocket: the batch becomes one binary message; its header goes first.
     bool take_batch(Clock::time_point now) {
         if (!core_.take_batch(now)) return false;
         sent_index_ = 0;
         sent_offset_ = 0;
+        if constexpr (is_ws) {
+            std::uint64_t size = 0;
+            for (const auto& frame : core_.batch()) size += frame->size();
+            stream_.start_message(size);
+        }
         return true;
+    }
+
+    // WebSocket: control frames of the transport's own wait to be written.
+    bool transport_output_left() const noexcept {
+        if constexpr (is_ws) return stream_.control_left();
+        return false;
+    }
+
+    // Whether anything of the current write is still to go: the batch, and
+    // for WebSocket its message header and any control frame.
+    bool output_left() const noexcept {
+        const bool frames = sent_index_ < core_.batch().size();
+        if constexpr (is_ws) return frames || stream_.control_left() || (!core_.batch().empty() && stream_.header_left());
+        return frames;
+    }
+
+    // WebSocket: a control frame goes between messages only, never into one.
+    bool control_may_go() const noexcept {
+        if constexpr (is_ws) return !stream_.message_started() || sent_index_ >= core_.batch().size();
+        return false;
     }
 
     // Started when a write has to wait (socket buffer full), or to close;
@@ -467,17 +773,26 @@ private:
     asio::awaitable<void> writer() {
         using asio::experimental::as_tuple;
         while (!core_.closed()) {
-            if (core_.batch().empty() && !take_batch(Clock::now())) {
+            if (core_.batch().empty() && !take_batch(Clock::now()) && !transport_output_left()) {
                 if (core_.wants_half_close()) {
                     // Everything queued before the close is out: now close.
+                    if constexpr (is_ws) {
+                        // WebSocket's close frame first, with the code for the cause.
+                        if (!stream_.close_sent()) {
+                            stream_.mark_close_sent();
+                            const auto code = stream_.failure().value_or(websocket_close_code(core_.close_cause()));
+                            stream_.queue_control(ws::encode_close(code, core_.close_reason()));
+                            continue;
+                        }
+                    }
                     if constexpr (is_tls) {
                         // close_notify tells the peer the stream ended here and
                         // was not cut. Its own close_notify (or its plain close)
                         // then ends the session: the reader tells the core.
                         for (;;) {
-                            const auto sent = stream_.shutdown();
+                            const auto sent = sock().shutdown();
                             if (sent.status != TlsSocket::Status::want_write) break;
-                            auto [wait_ec] = co_await stream_.async_wait(asio::socket_base::wait_write,
+                            auto [wait_ec] = co_await sock().async_wait(asio::socket_base::wait_write,
                                                                          as_tuple(asio::use_awaitable));
                             if (wait_ec || core_.closed()) break;
                         }
@@ -487,7 +802,7 @@ private:
                     // close with unread input would be a reset); the reader
                     // drains until it comes.
                     asio::error_code ignored;
-                    stream_.lowest_layer().shutdown(asio::socket_base::shutdown_send, ignored);
+                    sock().lowest_layer().shutdown(asio::socket_base::shutdown_send, ignored);
                     core_.half_closed(Clock::now());
                     apply();
                 }
@@ -495,9 +810,11 @@ private:
             }
             asio::error_code ec;
             if (write_now(ec) == WriteResult::would_block) {
-                core_.write_waiting();
-                apply();
-                auto [wait_ec] = co_await stream_.async_wait(asio::socket_base::wait_write, as_tuple(asio::use_awaitable));
+                if (!core_.batch().empty()) {
+                    core_.write_waiting();
+                    apply();
+                }
+                auto [wait_ec] = co_await sock().async_wait(asio::socket_base::wait_write, as_tuple(asio::use_awaitable));
                 if (!wait_ec) continue;
                 ec = wait_ec;
             }
@@ -506,7 +823,7 @@ private:
                 apply();
                 break;
             }
-            core_.batch_written(Clock::now());
+            if (!core_.batch().empty()) core_.batch_written(Clock::now());
             apply();
         }
         writer_running_ = false;
@@ -520,14 +837,14 @@ private:
         if constexpr (is_tls) {
             if (defer_tls_write(now)) return;
         }
-        if (core_.batch().empty() && !take_batch(now)) {
+        if (core_.batch().empty() && !take_batch(now) && !transport_output_left()) {
             if (core_.wants_half_close()) start_writer();  // nothing left to send: the writer closes
             return;
         }
         asio::error_code ec;
         switch (write_now(ec)) {
         case WriteResult::done:
-            core_.batch_written(now);
+            if (!core_.batch().empty()) core_.batch_written(now);
             if (core_.wants_half_close()) {
                 start_writer();
             }
@@ -535,7 +852,7 @@ private:
             break;
         case WriteResult::would_block:
             start_writer();  // the rest waits for writability there
-            core_.write_waiting();
+            if (!core_.batch().empty()) core_.write_waiting();
             break;
         case WriteResult::failed:
             core_.on_write_failed("write failed: " + ec.message());
@@ -576,6 +893,25 @@ private:
         auto staging = TlsStaging::take();
         char* out = staging->data.get();
         std::size_t room = TlsStaging::capacity;
+        if constexpr (is_ws) {
+            // WebSocket: a waiting control frame, then the message's header.
+            if (control_may_go() && stream_.control_left()) {
+                const auto control = stream_.control_rest();
+                const std::size_t n = std::min(room, control.size());
+                std::memcpy(out, control.data(), n);
+                out += n;
+                room -= n;
+                stream_.control_consumed(n);
+            }
+            if (!batch.empty() && stream_.header_left()) {
+                const auto header = stream_.header_rest();
+                const std::size_t n = std::min(room, header.size());
+                std::memcpy(out, header.data(), n);
+                out += n;
+                room -= n;
+                stream_.header_consumed(n);
+            }
+        }
         while (room > 0 && sent_index_ < batch.size()) {
             const std::string& f = *batch[sent_index_];
             const std::size_t n = std::min(room, f.size() - sent_offset_);
@@ -601,13 +937,13 @@ private:
         if constexpr (is_tls) {
             for (;;) {
                 if (!tls_out_) {
-                    if (sent_index_ >= core_.batch().size()) return WriteResult::done;
+                    if (!output_left()) return WriteResult::done;
                     tls_out_ = stage_chunk();
                     tls_out_sent_ = 0;
                 }
                 while (tls_out_sent_ < tls_out_->size) {
                     const auto sent =
-                        stream_.write(tls_out_->data.get() + tls_out_sent_, tls_out_->size - tls_out_sent_);
+                        sock().write(tls_out_->data.get() + tls_out_sent_, tls_out_->size - tls_out_sent_);
                     switch (sent.status) {
                     case TlsSocket::Status::done: {
                         auto& metrics = *env_.shard_metrics[shard_];
@@ -661,8 +997,24 @@ private:
         if constexpr (is_tls) return write_tls(ec);
         const auto& batch = core_.batch();
         auto& iov = iov_;
-        while (sent_index_ < batch.size()) {
+        while (output_left()) {
             iov.clear();
+            // WebSocket: a waiting control frame, the message's header, then
+            // the shared frames themselves, all in the one sendmsg.
+            [[maybe_unused]] std::size_t control_bytes = 0;
+            [[maybe_unused]] std::size_t header_bytes = 0;
+            if constexpr (is_ws) {
+                if (control_may_go() && stream_.control_left()) {
+                    const auto control = stream_.control_rest();
+                    iov.push_back(iovec{const_cast<char*>(control.data()), control.size()});
+                    control_bytes = control.size();
+                }
+                if (!batch.empty() && stream_.header_left()) {
+                    const auto header = stream_.header_rest();
+                    iov.push_back(iovec{const_cast<std::uint8_t*>(header.data()), header.size()});
+                    header_bytes = header.size();
+                }
+            }
             for (std::size_t i = sent_index_; i < batch.size() && iov.size() < max_iov; ++i) {
                 const std::string& f = *batch[i];
                 const std::size_t skip = i == sent_index_ ? sent_offset_ : 0;
@@ -672,7 +1024,7 @@ private:
             msg.msg_iov = iov.data();
             msg.msg_iovlen = iov.size();
             // MSG_NOSIGNAL: a peer that has gone is EPIPE here, never SIGPIPE.
-            const ssize_t sent = ::sendmsg(stream_.lowest_layer().native_handle(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+            const ssize_t sent = ::sendmsg(sock().lowest_layer().native_handle(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
             if (sent < 0) {
                 if (errno == EINTR) continue;
                 if (errno == EAGAIN || errno == EWOULDBLOCK) return WriteResult::would_block;
@@ -682,7 +1034,16 @@ private:
             auto& metrics = *env_.shard_metrics[shard_];
             ++metrics.writes;
             metrics.bytes_out += static_cast<std::size_t>(sent);
-            for (auto left = static_cast<std::size_t>(sent); left > 0;) {
+            auto left = static_cast<std::size_t>(sent);
+            if constexpr (is_ws) {
+                const std::size_t control = std::min(left, control_bytes);
+                if (control > 0) stream_.control_consumed(control);
+                left -= control;
+                const std::size_t header = std::min(left, header_bytes);
+                stream_.header_consumed(header);
+                left -= header;
+            }
+            while (left > 0) {
                 const std::size_t rest = batch[sent_index_]->size() - sent_offset_;
                 if (left >= rest) {
                     left -= rest;
@@ -723,7 +1084,7 @@ private:
     // co_spawn for a task already counted in tasks_.
     template <class Task>
     void spawn_counted(Task task) {
-        asio::co_spawn(stream_.get_executor(), std::move(task),
+        asio::co_spawn(sock().get_executor(), std::move(task),
                        [self = this->shared_from_this()](std::exception_ptr e) {
                            if (e) {
                                try {
@@ -747,7 +1108,8 @@ private:
         }
     }
 
-    static constexpr Transport transport = is_tls ? Transport::tls
+    static constexpr Transport transport = is_ws    ? (is_tls ? Transport::websocket_tls : Transport::websocket)
+                                           : is_tls ? Transport::tls
                                            : std::is_same_v<Stream, asio::local::stream_protocol::socket>
                                                ? Transport::unix_socket
                                                : Transport::tcp;
@@ -772,8 +1134,8 @@ private:
     bool flush_pending_ = false;    // on the shard's flush list
     bool transport_ready_ = false;  // TLS: after the handshake
     bool read_again_ = false;       // read before waiting: the last read may have left bytes
-    bool handshake_done_ = false;       // TLS
-    bool handshake_timed_out_ = false;  // TLS
+    bool handshake_done_ = false;       // TLS, WebSocket
+    bool handshake_timed_out_ = false;  // TLS, WebSocket
     unsigned tasks_ = 0;
 
     // The cursor in the core's batch: batch()[sent_index_] is the first frame
@@ -793,6 +1155,11 @@ private:
     // the session is waiting on the flush list's timer.
     [[no_unique_address]] TlsOnly<Clock::time_point> last_tls_write_{};
     [[no_unique_address]] TlsOnly<bool> tls_deferred_{};
+    // WebSocket: the code of the peer's close frame, echoed in ours.
+    [[no_unique_address]] std::conditional_t<is_ws, ws::CloseCode, Nothing> peer_close_code_{};
+    // WebSocket: a framing violation read, not yet acted on (reader()).
+    [[no_unique_address]] std::conditional_t<is_ws, std::optional<std::pair<ws::CloseCode, std::string>>, Nothing>
+        ws_error_{};
 };
 
 }  // namespace chat

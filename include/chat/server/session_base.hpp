@@ -12,6 +12,7 @@
 #include <asio/local/stream_protocol.hpp>
 
 #include "chat/server/tls_socket.hpp"
+#include "chat/server/websocket_stream.hpp"
 #include "chat/proto/protocol.hpp"
 #include "chat/server/flush_list.hpp"
 #include "chat/server/participant.hpp"
@@ -45,6 +46,14 @@ std::shared_ptr<SessionBase> make_session(asio::local::stream_protocol::socket s
 #if PULSECHAT_HAVE_OPENSSL
 std::shared_ptr<SessionBase> make_session(TlsSocket stream, std::uint64_t id, std::size_t shard, std::string peer,
                                           SessionEnv& env);
+#endif
+#if PULSECHAT_HAVE_HTTP_PARSER
+std::shared_ptr<SessionBase> make_session(WebSocketStream<asio::ip::tcp::socket> stream, std::uint64_t id,
+                                          std::size_t shard, std::string peer, SessionEnv& env);
+#if PULSECHAT_HAVE_OPENSSL
+std::shared_ptr<SessionBase> make_session(WebSocketStream<TlsSocket> stream, std::uint64_t id, std::size_t shard,
+                                          std::string peer, SessionEnv& env);
+#endif
 #endif
 
 }  // namespace chat

@@ -185,6 +185,8 @@ public:
     std::size_t queued_bytes() const noexcept { return queued_bytes_ + in_flight_bytes_; }
     PresenceEvent close_event() const noexcept { return close_event_; }
     const std::string& close_reason() const noexcept { return close_reason_; }
+    // What ended (or is ending) the session; connection_error until a close began.
+    CloseCause close_cause() const noexcept { return cause_; }
     // After a backlog, the queue arrays keep their size: give back arrays
     // over `keep` frames. Returns the bytes of capacity given back.
     std::size_t release_backlog_memory(std::size_t keep);

@@ -4,7 +4,8 @@
 //
 // Checked: GET; Upgrade: websocket and Connection: upgrade (tokens, any
 // case); Sec-WebSocket-Version 13 (else 426 naming 13); Sec-WebSocket-Key the
-// base64 of 16 bytes; Origin on the allow-list when one is set (else 403); a
+// base64 of 16 bytes; Origin on the allow-list when one is set, else the
+// request's own host (the page came from this server), or 403; a
 // client that offers subprotocols must offer "pulsechat", which the answer
 // then selects. A request without Origin is not a browser's and is let in:
 // Origin only protects browsers' users from other sites' pages.
@@ -22,7 +23,8 @@ inline constexpr std::string_view websocket_subprotocol = "pulsechat";
 
 struct WebSocketPolicy {
     // Origins a browser page may connect from ("https://chat.example.org"),
-    // compared exactly as the browser sends them; empty: any.
+    // compared exactly as the browser sends them; empty: same origin only
+    // (the Origin's host and port are the Host header's).
     std::vector<std::string> allowed_origins;
 };
 
