@@ -4,11 +4,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <random>
+#include <span>
 #include <thread>
 #include <vector>
 
@@ -17,6 +21,7 @@
 
 #include "chat/bench/proc.hpp"
 #include "chat/bench/wire.hpp"
+#include "chat/bench/ws_client.hpp"
 #include "chat/proto/protocol.hpp"
 #include "chat/common/tls_client_context.hpp"
 
@@ -68,6 +73,10 @@ std::string validate(const BenchConfig& c) {
     if (c.publishers_on_first && c.ports.size() < 2) return "--publishers-on-first needs more than one --port";
     if (c.publishers_on_first && c.idle) return "--publishers-on-first goes with publishers, not --idle";
     if (!c.tls && (c.tls_insecure || !c.tls_ca.empty())) return "--ca and --insecure go with --tls";
+    if (c.ws && c.proto != Proto::chat) return "--ws goes with --proto chat";
+    if (c.ws && (c.ws_path.empty() || c.ws_path.front() != '/' ||
+                 c.ws_path.find_first_of(" \r\n") != std::string::npos))
+        return "--ws-path must start with '/' and hold no spaces";
 #if !PULSECHAT_HAVE_OPENSSL
     if (c.tls) return "--tls: this chat_bench was built without TLS (meson option tls)";
 #endif
@@ -181,6 +190,12 @@ private:
     void read_chat();
     void read_nats();
     void read_resp();
+    // --ws: the upgrade on `stream` (the socket, or TLS over it), then begin().
+    template <class Stream> void ws_upgrade(Stream& stream);
+    template <class Stream> void ws_read_answer(Stream& stream);
+    // --ws: filters the last read's n bytes (at read_space_) in place; returns
+    // the pulsechat bytes left at their front. Queues a pong for a ping.
+    std::size_t ws_filter(std::size_t n);
 
     Worker& worker_;
     Member& member_;
@@ -193,7 +208,14 @@ private:
     bool nats_info_seen_ = false;
 #endif
     Decoder decoder_;
+    std::span<std::uint8_t> read_space_;  // what the pending read reads into (decoder_.prepare)
     ByteBuffer text_in_;
+    // --ws: the server's frames, this connection's key and mask, and masked
+    // pongs waiting for the next write (sent ahead of the data).
+    std::unique_ptr<ws::Reader> ws_;
+    std::string ws_key_;
+    std::array<std::uint8_t, 4> ws_mask_{};
+    std::string ws_control_;
     std::string writing_;
     bool write_busy_ = false;
     bool failed_ = false;
@@ -628,12 +650,90 @@ void Link::on_connect(const asio::error_code& ec) {
                 fail("TLS handshake failed: " + describe_tls_failure(e, tls_->native_handle()));
                 return;
             }
-            begin();
+            if (worker_.shared().cfg.ws)
+                ws_upgrade(*tls_);
+            else
+                begin();
         });
         return;
     }
 #endif
-    begin();
+    if (worker_.shared().cfg.ws)
+        ws_upgrade(socket_);
+    else
+        begin();
+}
+
+template <class Stream>
+void Link::ws_upgrade(Stream& stream) {
+    const Shared& shared = worker_.shared();
+    // A fresh key and mask for each connection, from a generator seeded once per thread.
+    thread_local std::mt19937_64 random{std::random_device{}()};
+    std::array<std::uint8_t, 16> nonce{};
+    for (std::size_t i = 0; i < nonce.size(); i += 8) {
+        const std::uint64_t r = random();
+        for (std::size_t b = 0; b < 8; ++b) nonce[i + b] = static_cast<std::uint8_t>(r >> (8 * b));
+    }
+    const std::uint64_t m = random();
+    for (std::size_t b = 0; b < 4; ++b) ws_mask_[b] = static_cast<std::uint8_t>(m >> (8 * b));
+    ws_key_ = ws::make_key(nonce);
+    // The server's binary messages may batch many frames: bound them well above any --max-frame.
+    ws_ = std::make_unique<ws::Reader>(std::uint64_t{1} << 26);
+    const auto port = shared.servers[member_.port_index].port();
+    writing_ = ws::upgrade_request(fmt::format("{}:{}", shared.cfg.host, port), shared.cfg.ws_path, ws_key_,
+                                   "pulsechat");
+    asio::async_write(stream, asio::buffer(writing_), [this, &stream](const asio::error_code& ec, std::size_t) {
+        writing_.clear();
+        if (ec) {
+            if (ec != asio::error::operation_aborted) fail("writing the WebSocket upgrade failed: " + ec.message());
+            return;
+        }
+        ws_read_answer(stream);
+    });
+}
+
+template <class Stream>
+void Link::ws_read_answer(Stream& stream) {
+    auto space = text_in_.prepare(1024);
+    stream.async_read_some(asio::buffer(space.data(), space.size()), [this, &stream](const asio::error_code& ec,
+                                                                                      std::size_t n) {
+        if (ec) {
+            if (ec != asio::error::operation_aborted)
+                fail(ec == asio::error::eof ? std::string("connection closed during the WebSocket upgrade")
+                                            : "reading the WebSocket upgrade's answer failed: " + ec.message());
+            return;
+        }
+        text_in_.commit(n);
+        const auto answer = ws::check_upgrade_response(text_in_.data(), ws_key_, "pulsechat");
+        if (answer.status == ws::UpgradeResult::Status::need_more) {
+            ws_read_answer(stream);
+            return;
+        }
+        if (answer.status == ws::UpgradeResult::Status::refused) {
+            fail("WebSocket upgrade: " + answer.reason);
+            return;
+        }
+        // Whatever came after the 101 is already WebSocket.
+        const std::string_view rest = text_in_.data().substr(answer.head_size);
+        if (!rest.empty()) {
+            read_space_ = decoder_.prepare(rest.size());
+            std::memcpy(read_space_.data(), rest.data(), rest.size());
+            decoder_.commit(ws_filter(rest.size()));
+        }
+        text_in_.consume(text_in_.data().size());
+        if (ws_->closed()) {
+            fail(ws_->failed() ? "WebSocket: " + ws_->error()
+                               : fmt::format("WebSocket close {} right after the upgrade", ws_->close_code()));
+            return;
+        }
+        begin();
+    });
+}
+
+std::size_t Link::ws_filter(std::size_t n) {
+    const auto r = ws_->filter(read_space_.first(n));
+    if (r.ping) ws::append_masked(ws_control_, ws::op_pong, ws_->ping(), ws_mask_);
+    return r.data;
 }
 
 void Link::begin() {
@@ -668,8 +768,8 @@ void Link::start_read() {
         // Into the buffer on_read commits to: the chat decoder, or the text protocols' bytes.
         asio::mutable_buffer space;
         if (worker_.shared().cfg.proto == Proto::chat) {
-            auto span = decoder_.prepare(read_chunk_);
-            space = asio::buffer(span.data(), span.size());
+            read_space_ = decoder_.prepare(read_chunk_);
+            space = asio::buffer(read_space_.data(), read_space_.size());
         } else {
             auto span = text_in_.prepare(read_chunk_);
             space = asio::buffer(span.data(), span.size());
@@ -680,8 +780,8 @@ void Link::start_read() {
     }
 #endif
     if (worker_.shared().cfg.proto == Proto::chat) {
-        auto space = decoder_.prepare(read_chunk_);
-        socket_.async_read_some(asio::buffer(space.data(), space.size()),
+        read_space_ = decoder_.prepare(read_chunk_);
+        socket_.async_read_some(asio::buffer(read_space_.data(), read_space_.size()),
                                 [this](const asio::error_code& ec, std::size_t n) { on_read(ec, n); });
     } else {
         auto space = text_in_.prepare(read_chunk_);
@@ -711,8 +811,15 @@ void Link::on_read(const asio::error_code& ec, std::size_t n) {
         if (filled && read_chunk_ < 64 * 1024) read_chunk_ *= 2;
         switch (worker_.shared().cfg.proto) {
             case Proto::chat:
-                decoder_.commit(n);
+                decoder_.commit(ws_ ? ws_filter(n) : n);
                 read_chat();
+                if (open_ && ws_ && ws_->closed()) {
+                    fail(ws_->failed() ? "WebSocket: " + ws_->error()
+                                       : fmt::format("WebSocket close {} from the server: {}", ws_->close_code(),
+                                                     ws_->close_reason()));
+                    return;
+                }
+                flush();  // a pong, when a ping came
                 break;
             case Proto::nats:
                 text_in_.commit(n);
@@ -733,8 +840,8 @@ void Link::on_read(const asio::error_code& ec, std::size_t n) {
         asio::error_code read_ec;
         asio::mutable_buffer space;
         if (worker_.shared().cfg.proto == Proto::chat) {
-            auto span = decoder_.prepare(read_chunk_);
-            space = asio::buffer(span.data(), span.size());
+            read_space_ = decoder_.prepare(read_chunk_);
+            space = asio::buffer(read_space_.data(), read_space_.size());
         } else {
             auto span = text_in_.prepare(read_chunk_);
             space = asio::buffer(span.data(), span.size());
@@ -867,8 +974,20 @@ void Link::became_ready() {
 }
 
 void Link::flush() {
-    if (write_busy_ || out_.empty() || !open_) return;
-    writing_.swap(out_);
+    if (write_busy_ || !open_) return;
+    if (ws_) {
+        // Pongs first, then everything queued as one masked binary message:
+        // the server reads any number of pulsechat frames from one message.
+        if (out_.empty() && ws_control_.empty()) return;
+        writing_.swap(ws_control_);  // (writing_ is empty between writes: this moves, keeping both capacities)
+        if (!out_.empty()) {
+            ws::append_masked(writing_, ws::op_binary, out_, ws_mask_);
+            out_.clear();
+        }
+    } else {
+        if (out_.empty()) return;
+        writing_.swap(out_);
+    }
     write_busy_ = true;
     last_tx_ns_ = worker_.now();
 #if PULSECHAT_HAVE_OPENSSL

@@ -82,6 +82,7 @@ std::string to_json(const BenchConfig& c, const BenchResult& r, const std::strin
     if (!label.empty()) field("label", json_string(label));
     field("proto", json_string(chat::bench::to_string(c.proto)));
     field("tls", c.tls ? "true" : "false");
+    field("ws", c.ws ? "true" : "false");
     field("mode", json_string(c.idle ? "idle" : c.rate > 0 ? "rate" : "max"));
     integer("connections", c.connections);
     integer("links", r.links);
@@ -271,6 +272,10 @@ int main(int argc, char** argv) {
     app.add_flag("--tls", cfg.tls,
                  "Connect with TLS: chat to the server's --tls-port, redis to --tls-port, nats to a server "
                  "with a tls block (INFO in the clear, then the handshake)");
+    app.add_flag("--ws", cfg.ws,
+                 "chat over WebSocket: --port is the server's --ws-port (with --tls, its --wss-port); "
+                 "upgrade at --ws-path with subprotocol pulsechat, then pulsechat frames in masked binary messages");
+    app.add_option("--ws-path", cfg.ws_path, "With --ws: the path of the upgrade request")->capture_default_str();
     app.add_option("--ca", cfg.tls_ca, "With --tls: trust this CA file (PEM) instead of the system's trust store")
         ->type_name("FILE");
     app.add_flag("--insecure", cfg.tls_insecure, "With --tls: do not check the server's certificate");

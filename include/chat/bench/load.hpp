@@ -54,6 +54,11 @@ struct BenchConfig {
     bool tls = false;
     std::string tls_ca;
     bool tls_insecure = false;
+    // WebSocket (chat only): each connection upgrades at ws_path (subprotocol
+    // pulsechat, no Origin) and then carries pulsechat frames in binary
+    // messages; with tls, over TLS (wss). The port is the server's ws port.
+    bool ws = false;
+    std::string ws_path = "/ws";
     // Connections bind to source_base, source_base+1, ... before connecting, so
     // that one client machine can hold more than one address's ephemeral ports.
     std::string source_base = "127.0.0.2";
