@@ -70,10 +70,10 @@ async function startServer() {
     const seen = {};
     const onLine = (line) => {
       log.push(line);
-      // "listening on 127.0.0.1:PORT" (TCP) and "listening on 127.0.0.1:PORT (ws...)"
+      // "listening on 127.0.0.1:PORT" (TCP) and "listening on 127.0.0.1:PORT (websocket)" (stdout)
       const m = line.match(/listening on [^\s]+:(\d+)(?: \((\w+))?/);
       if (m && m[2] === undefined) seen.tcp = Number(m[1]);
-      if (m && m[2] === 'ws') seen.ws = Number(m[1]);
+      if (m && m[2] === 'websocket') seen.ws = Number(m[1]);
       if (seen.tcp && seen.ws) resolve(seen);
     };
     createInterface({ input: child.stdout }).on('line', onLine);
@@ -282,9 +282,16 @@ describe('chat_server over WebSocket (live, node-ws)', () => {
     const hello = frame({ type: Type.HELLO, nick: 'raw_unmasked', token: '', resumeToken: '' });
     raw.socket.write(Buffer.concat([Buffer.from([0x82, hello.length]), hello]));  // mask bit clear
     await within(raw.ended, 'the server to close');
-    const f = parseServerFrame(raw.rest());
-    assert.ok(f, 'a close frame before the connection ends');
-    assert.equal(f.opcode, 0x8);
+    // The ERROR (a binary message, PROTOCOL.md 13), then the close frame.
+    let rest = raw.rest();
+    const opcodes = [];
+    let f;
+    while ((f = parseServerFrame(rest))) {
+      opcodes.push(f.opcode);
+      if (f.opcode === 0x8) break;
+      rest = rest.subarray(f.size);
+    }
+    assert.deepEqual(opcodes, [0x2, 0x8], 'an ERROR message, then a close frame, before the connection ends');
     assert.equal(f.payload.readUInt16BE(0), 1002);
   });
 
