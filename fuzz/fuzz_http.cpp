@@ -15,9 +15,9 @@
 //  - the response's head is made of CRLF-separated "Name: value" lines with no
 //    other CR or LF (nothing from the request can inject a header), and names
 //    only headers the handshake is meant to send;
-//  - with an allow-list, an accepted request with an Origin has one on the list.
-//    (Without one, whether an Origin is let in is the handshake's rule to
-//    choose: none of this depends on it.)
+//  - with an allow-list, an accepted request with an Origin has one on the
+//    list; without one, an accepted Origin names the request's Host (scheme's
+//    default port aside, without case): the server's own page (PROTOCOL.md 13).
 #include <array>
 #include <cctype>
 #include <cstddef>
@@ -128,6 +128,32 @@ bool offers_token(const chat::HttpRequest& request, std::string_view name, std::
     return false;
 }
 
+// "https" of "https://host:port"; empty without "://".
+std::string scheme_of(std::string_view origin) {
+    const auto at = origin.find("://");
+    std::string out(at == std::string_view::npos ? std::string_view{} : origin.substr(0, at));
+    for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return out;
+}
+
+// An origin's (or, given the origin's scheme, a Host header's) host[:port],
+// lowercased, without the scheme's default port; "\n" (matching nothing) for
+// an origin without "://".
+std::string authority_of(std::string_view s, std::string scheme = {}) {
+    if (scheme.empty()) {
+        scheme = scheme_of(s);
+        const auto at = s.find("://");
+        if (at == std::string_view::npos) return "\n";
+        s.remove_prefix(at + 3);
+    }
+    std::string out(s);
+    for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    const std::string port = scheme == "https" ? ":443" : scheme == "http" ? ":80" : "";
+    if (!port.empty() && out.size() >= port.size() && out.compare(out.size() - port.size(), port.size(), port) == 0)
+        out.resize(out.size() - port.size());
+    return out;
+}
+
 // --- the response ---
 
 struct Head {
@@ -221,6 +247,14 @@ void check_handshake(const chat::HttpRequest& request, bool with_allow_list) {
                "accepted an offer of subprotocols without pulsechat");
         const bool selected = answer.response.find("\r\nSec-WebSocket-Protocol: pulsechat\r\n") != std::string::npos;
         expect(selected == offered, "Sec-WebSocket-Protocol: pulsechat answered iff offered");
+        if (!with_allow_list && !values(request, "origin").empty()) {
+            const auto origins = values(request, "origin");
+            expect(origins.size() == 1, "accepted several Origin headers as the same origin");
+            const auto hosts = values(request, "host");
+            expect(hosts.size() == 1, "accepted an Origin without exactly one Host");
+            expect(authority_of(trim(origins.front())) == authority_of(trim(hosts.front()), scheme_of(trim(origins.front()))),
+                   "accepted an Origin other than the Host without an allow-list");
+        }
         if (with_allow_list) {
             const auto origins = values(request, "origin");
             if (!origins.empty()) {
