@@ -4,7 +4,7 @@
 // a client sent. For every input it checks that
 //  - reading never crashes, leaks, throws or trips a sanitizer, whatever the bytes;
 //  - how the bytes are cut changes neither the requests read (pipelined ones
-//    one at a time), nor whether and why it ends in an error; a read that
+//    one at a time), nor whether it ends in an error; a read that
 //    needs more bytes has taken all it was given;
 //  - every request read gets a handshake answer, with an Origin allow-list
 //    and without, that is one whole HTTP
@@ -338,6 +338,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const Outcome whole = read(bytes, bytes.size() + 1, true);
     const Outcome cut = read(bytes, chunk, false);
     expect(whole.requests == cut.requests, "chunking changed the requests read");
-    expect(whole.error == cut.error, "chunking changed whether or why it failed");
+    // Whether it failed, not why: a cut inside a header name hands libhttp-parser's
+    // callback the name's first part at once, so the 257th header can count
+    // (more than 256 headers) before a bad byte later in that name is seen,
+    // which the whole read reports instead (invalid character in header).
+    expect(whole.error.empty() == cut.error.empty(), "chunking changed whether it failed");
     return 0;
 }
