@@ -92,6 +92,15 @@ HandshakeAnswer websocket_handshake(const HttpRequest& request, const WebSocketP
     const auto key = request.header("sec-websocket-key");
     const std::string key_text = key ? trimmed(*key) : std::string();
     if (!valid_key(key_text)) return refuse(400, "Bad Request", "Sec-WebSocket-Key is not the base64 of 16 bytes");
+    // Origin and Host are single values (RFC 6454 7.3, RFC 9112 3.2): joined
+    // as a list, a repeated one could pass the same-origin check on its last
+    // item ("Origin: x" twice, the second "https://this.host").
+    for (const std::string_view single : {"origin", "host"}) {
+        const auto n = std::count_if(request.headers.begin(), request.headers.end(),
+                                     [single](const auto& h) { return h.first == single; });
+        if (n > 1)
+            return refuse(400, "Bad Request", fmt::format("more than one {} header", single == "host" ? "Host" : "Origin"));
+    }
     if (const auto origin = request.header("origin")) {
         const std::string o = trimmed(*origin);
         if (!policy.allowed_origins.empty()) {

@@ -132,6 +132,14 @@ TEST_CASE("refusals a client can act on: the status, the header it needs, a reas
         CHECK(with("null", "chat.example.org").status == 403);  // a sandboxed or file: page
         CHECK(with("http://chat.example.org.evil.net", "chat.example.org").status == 403);
     }
+    SUBCASE("a repeated Origin or Host is refused, whatever its last copy says (found by fuzz_http)") {
+        const auto twice = websocket_handshake(parse(request("Origin: http://server.example.com\r\n")), {});
+        CHECK(twice.status == 400);
+        CHECK(twice.reason.find("Origin") != std::string::npos);
+        auto r = request("Origin: https://evil.example, http://server.example.com\r\n", "Origin");
+        CHECK(websocket_handshake(parse(r), {}).status == 403);  // one header holding a list: not same-origin
+        CHECK(websocket_handshake(parse(request("Host: server.example.com\r\n")), {}).status == 400);
+    }
     SUBCASE("subprotocols: pulsechat among them is selected; others alone are refused") {
         auto a = websocket_handshake(parse(request("Sec-WebSocket-Protocol: chat, pulsechat\r\n")), {});
         CHECK(a.accepted);

@@ -15,6 +15,8 @@ import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { createInterface } from 'node:readline';
 import crypto from 'node:crypto';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 import { Decoder, Type, encodeFrame } from '../../web/protocol.js';
 
@@ -70,8 +72,8 @@ async function startServer() {
     const seen = {};
     const onLine = (line) => {
       log.push(line);
-      // "listening on 127.0.0.1:PORT" (TCP) and "listening on 127.0.0.1:PORT (websocket)" (stdout)
-      const m = line.match(/listening on [^\s]+:(\d+)(?: \((\w+))?/);
+      // "listening on 127.0.0.1:PORT" (TCP) and "listening on 127.0.0.1:PORT (websocket: ws://...)"
+      const m = line.match(/listening on [^\s]+:(\d+)(?: \(([\w ]+))?/);
       if (m && m[2] === undefined) seen.tcp = Number(m[1]);
       if (m && m[2] === 'websocket') seen.ws = Number(m[1]);
       if (seen.tcp && seen.ws) resolve(seen);
@@ -282,17 +284,17 @@ describe('chat_server over WebSocket (live, node-ws)', () => {
     const hello = frame({ type: Type.HELLO, nick: 'raw_unmasked', token: '', resumeToken: '' });
     raw.socket.write(Buffer.concat([Buffer.from([0x82, hello.length]), hello]));  // mask bit clear
     await within(raw.ended, 'the server to close');
-    // The ERROR (a binary message, PROTOCOL.md 13), then the close frame.
-    let rest = raw.rest();
-    const opcodes = [];
-    let f;
-    while ((f = parseServerFrame(rest))) {
-      opcodes.push(f.opcode);
-      if (f.opcode === 0x8) break;
-      rest = rest.subarray(f.size);
-    }
-    assert.deepEqual(opcodes, [0x2, 0x8], 'an ERROR message, then a close frame, before the connection ends');
-    assert.equal(f.payload.readUInt16BE(0), 1002);
+    // PROTOCOL.md 13: an ERROR malformed_frame ("websocket: ...") in a binary message, then the close.
+    const frames = [];
+    for (let bytes = raw.rest(), f = parseServerFrame(bytes); f; bytes = bytes.subarray(f.size), f = parseServerFrame(bytes))
+      frames.push(f);
+    assert.deepEqual(frames.map((f) => f.opcode), [0x2, 0x8], 'a binary message, then a close frame');
+    const inbox = new Inbox();
+    inbox.feed(frames[0].payload);
+    const error = await inbox.next(byType(Type.ERROR), 'the ERROR');
+    assert.equal(error.fatal, true);
+    assert.match(error.reason, /^websocket:/);
+    assert.equal(frames[1].payload.readUInt16BE(0), 1002);
   });
 
   test('a fatal pulsechat ERROR (a malformed frame) comes as an ERROR frame, then close 1008', async () => {
