@@ -236,6 +236,19 @@ TEST_CASE("close codes: a pulsechat violation 1008, shutdown 1001, a BYE 1000, h
         CHECK(ws->close_code() == 1008);
         CHECK(Clock::now() - started < 2000ms);
     }
+    SUBCASE("the client closes in the middle of a pulsechat frame: the ERROR, then 1008, nothing after it") {
+        WsServer s;
+        auto ws = s.upgraded();
+        REQUIRE(ws->login("x"));
+        const std::string say = encode(Say{"r", "cut short"});
+        ws->write_raw(ws_frame(0x2, say.substr(0, 5)) + ws_frame(0x8, std::string("\x03\xE8", 2)));
+        const auto error = last_error(ws->read_until_closed());
+        REQUIRE(error);
+        CHECK(error->code == ErrorCode::malformed_frame);
+        CHECK(ws->close_code() == 1008);
+        CHECK(ws->wait_tcp_close(3000ms));
+        CHECK(ws->fault().empty());
+    }
     SUBCASE("the client closes first: its close is answered, the session ends as a disconnect") {
         WsServer s;
         auto ws = s.upgraded();

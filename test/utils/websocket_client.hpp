@@ -207,6 +207,7 @@ private:
             raw_.erase(0, at + length);
             const std::uint8_t opcode = b0 & 0x0F;
             const bool fin = (b0 & 0x80) != 0;
+            if (close_code_) fault_ = "a frame after the server's close frame";  // RFC 6455 5.5.1
             switch (opcode) {
             case 0x0:
             case 0x2:

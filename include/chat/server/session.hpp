@@ -639,8 +639,13 @@ private:
                     ws_error_.reset();
                 }
                 if (ws_peer_closed) {
-                    answer_peer_close();
-                    core_.on_peer_eof(!core_.closing() && decoder_.buffered() > 0, Clock::now());
+                    // Closed in the middle of a pulsechat frame: that is a
+                    // violation, whose ERROR must still go out before our close
+                    // frame (the writer sends it at the half-close). Otherwise
+                    // the session ends now, and our close frame answers at once.
+                    const bool mid_frame = !core_.closing() && decoder_.buffered() > 0;
+                    if (!mid_frame) answer_peer_close();
+                    core_.on_peer_eof(mid_frame, Clock::now());
                     apply();
                     break;
                 }
