@@ -9,7 +9,7 @@
 //  - every request read gets a handshake answer, with an Origin allow-list
 //    and without, that is one whole HTTP
 //    response: accepted is 101 with the Sec-WebSocket-Accept of the request's
-//    key (SHA-1 and base64 computed here, not with the code under test) and
+//    key (proto's own SHA-1 and base64, not the server's OpenSSL code under test) and
 //    Sec-WebSocket-Protocol: pulsechat exactly when the client offered it;
 //    refused is 400, 403, 405 or 426 with a Content-Length that matches its body;
 //  - the response's head is made of CRLF-separated "Name: value" lines with no
@@ -29,6 +29,7 @@
 
 #include "chat/server/http_request.hpp"
 #include "chat/server/websocket_handshake.hpp"
+#include "chat/proto/websocket_frame.hpp"
 
 #include "fuzz_expect.hpp"
 
@@ -37,61 +38,9 @@ namespace {
 using fuzz::expect;
 using fuzz::fail;
 
-// --- an independent SHA-1 (FIPS 180-4) and base64, for the accept key ---
-
-std::array<std::uint8_t, 20> sha1(std::string_view message) {
-    std::uint32_t h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
-    std::string m(message);
-    const std::uint64_t bits = static_cast<std::uint64_t>(message.size()) * 8;
-    m.push_back(static_cast<char>(0x80));
-    while (m.size() % 64 != 56) m.push_back('\0');
-    for (int i = 7; i >= 0; --i) m.push_back(static_cast<char>((bits >> (8 * i)) & 0xFF));
-    const auto rotl = [](std::uint32_t x, int n) { return (x << n) | (x >> (32 - n)); };
-    for (std::size_t block = 0; block < m.size(); block += 64) {
-        std::uint32_t w[80];
-        for (int t = 0; t < 16; ++t) {
-            w[t] = 0;
-            for (int b = 0; b < 4; ++b) w[t] = (w[t] << 8) | static_cast<std::uint8_t>(m[block + 4 * t + b]);
-        }
-        for (int t = 16; t < 80; ++t) w[t] = rotl(w[t - 3] ^ w[t - 8] ^ w[t - 14] ^ w[t - 16], 1);
-        std::uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
-        for (int t = 0; t < 80; ++t) {
-            const std::uint32_t f = t < 20 ? ((b & c) | (~b & d)) : t < 40 ? (b ^ c ^ d)
-                                  : t < 60 ? ((b & c) | (b & d) | (c & d)) : (b ^ c ^ d);
-            const std::uint32_t k = t < 20 ? 0x5A827999 : t < 40 ? 0x6ED9EBA1 : t < 60 ? 0x8F1BBCDC : 0xCA62C1D6;
-            const std::uint32_t temp = rotl(a, 5) + f + e + k + w[t];
-            e = d;
-            d = c;
-            c = rotl(b, 30);
-            b = a;
-            a = temp;
-        }
-        h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e;
-    }
-    std::array<std::uint8_t, 20> out{};
-    for (int i = 0; i < 20; ++i) out[i] = static_cast<std::uint8_t>(h[i / 4] >> (24 - 8 * (i % 4)));
-    return out;
-}
-
-std::string base64(const std::uint8_t* data, std::size_t size) {
-    static constexpr char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    std::string out;
-    for (std::size_t i = 0; i < size; i += 3) {
-        std::uint32_t v = static_cast<std::uint32_t>(data[i]) << 16;
-        if (i + 1 < size) v |= static_cast<std::uint32_t>(data[i + 1]) << 8;
-        if (i + 2 < size) v |= data[i + 2];
-        out += alphabet[(v >> 18) & 63];
-        out += alphabet[(v >> 12) & 63];
-        out += i + 1 < size ? alphabet[(v >> 6) & 63] : '=';
-        out += i + 2 < size ? alphabet[v & 63] : '=';
-    }
-    return out;
-}
-
-std::string expected_accept(std::string_view key) {
-    const auto digest = sha1(std::string(key) + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    return base64(digest.data(), digest.size());
-}
+// The accept key computed by proto's own SHA-1 and base64, not by the
+// server's OpenSSL code under test.
+std::string expected_accept(std::string_view key) { return chat::ws::accept_key(key); }
 
 // --- what the handshake saw, read here without its helpers ---
 

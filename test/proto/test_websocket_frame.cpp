@@ -241,3 +241,15 @@ TEST_CASE("server frames: the shortest header at each length bound; close reason
     CHECK_FALSE(is_valid_close_code(1015));
     CHECK(is_valid_close_code(4999));
 }
+
+TEST_CASE("base64 and the accept key without OpenSSL: RFC 4648's and RFC 6455's examples") {
+    const auto b64 = [](std::string_view s) {
+        return chat::ws::base64(std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(s.data()), s.size()));
+    };
+    CHECK(b64("") == "");
+    CHECK(b64("f") == "Zg==");
+    CHECK(b64("fo") == "Zm8=");
+    CHECK(b64("foo") == "Zm9v");
+    CHECK(b64("foobar") == "Zm9vYmFy");
+    CHECK(chat::ws::accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+}

@@ -47,6 +47,13 @@ enum class CloseCode : std::uint16_t {
     try_again_later = 1013,  // refused for now (server full, too many connections)
 };
 
+// base64 (RFC 4648) of `bytes`, and Sec-WebSocket-Accept for a client's
+// key: base64(SHA-1(key + the RFC's GUID)), without OpenSSL (the load
+// generator builds without it; the server computes it with OpenSSL, and
+// fuzz_http checks the one against the other).
+std::string base64(std::span<const std::uint8_t> bytes);
+std::string accept_key(std::string_view key);
+
 // Whether a peer may send `code` in a close frame (RFC 6455 7.4).
 bool is_valid_close_code(std::uint16_t code) noexcept;
 
