@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <string>
+#include <vector>
 
 #include "pulsechat_config.h"
 
@@ -102,7 +103,8 @@ TEST_CASE("refusals a client can act on: the status, the header it needs, a reas
         }
     }
     SUBCASE("an origin off the allow-list; none at all; one on it") {
-        WebSocketPolicy policy{{"https://chat.example.org"}};
+        const std::vector<std::string> allowed{"https://chat.example.org"};
+        WebSocketPolicy policy{allowed};
         auto a = websocket_handshake(parse(request()), policy);
         CHECK(a.status == 403);
         CHECK(a.response.find("--ws-allow-origin") != std::string::npos);

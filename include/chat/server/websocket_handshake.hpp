@@ -11,9 +11,9 @@
 // Origin only protects browsers' users from other sites' pages.
 #pragma once
 
+#include <span>
 #include <string>
 #include <string_view>
-#include <vector>
 
 #include "chat/server/http_request.hpp"
 
@@ -24,8 +24,9 @@ inline constexpr std::string_view websocket_subprotocol = "pulsechat";
 struct WebSocketPolicy {
     // Origins a browser page may connect from ("https://chat.example.org"),
     // compared exactly as the browser sends them; empty: same origin only
-    // (the Origin's host and port are the Host header's).
-    std::vector<std::string> allowed_origins;
+    // (the Origin's host and port are the Host header's). A view: the list
+    // lives in the server's config, so a handshake copies nothing.
+    std::span<const std::string> allowed_origins;
 };
 
 struct HandshakeAnswer {
