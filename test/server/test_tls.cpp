@@ -127,16 +127,7 @@ public:
 
     // Runs until `done` is set or `limit` passes; on timeout the operation is
     // cancelled (and its handler run) before this returns false.
-    bool wait(const bool& done, std::chrono::milliseconds limit) {
-        io_.restart();
-        io_.run_for(limit);
-        if (done) return true;
-        asio::error_code ignored;
-        stream_.lowest_layer().cancel(ignored);
-        io_.restart();
-        io_.run();
-        return false;
-    }
+    bool wait(const bool& done, std::chrono::milliseconds limit) { return run_until(io_, stream_, done, limit); }
 
 #if PULSECHAT_HAVE_OPENSSL
     // TLS only: the client's half of the handshake.

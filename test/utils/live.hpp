@@ -71,6 +71,21 @@ private:
     std::thread thread_;
 };
 
+// Runs `io` until `done` is set or `limit` passes; on timeout the operations
+// on `stream` are cancelled (and their handlers run) before this returns
+// false. For the test clients that drive one asio stream on their own context.
+template <class Stream>
+bool run_until(asio::io_context& io, Stream& stream, const bool& done, std::chrono::milliseconds limit) {
+    io.restart();
+    io.run_for(limit);
+    if (done) return true;
+    asio::error_code ignored;
+    stream.lowest_layer().cancel(ignored);
+    io.restart();
+    io.run();
+    return false;
+}
+
 // What every blocking test client shares, whatever carries its bytes: the
 // decoder, the deadlines, and the reads built on read(). Derived supplies
 // receive(buffer, limit, ec) -> bytes read; 0 with no error means nothing came

@@ -56,16 +56,7 @@ public:
     auto& socket() { return stream_.lowest_layer(); }
 
     // Runs until `done` is set or `limit` passes (then the operation is cancelled).
-    bool wait(const bool& done, std::chrono::milliseconds limit) {
-        io_.restart();
-        io_.run_for(limit);
-        if (done) return true;
-        asio::error_code ignored;
-        stream_.lowest_layer().cancel(ignored);
-        io_.restart();
-        io_.run();
-        return false;
-    }
+    bool wait(const bool& done, std::chrono::milliseconds limit) { return run_until(io_, stream_, done, limit); }
 
     void write_raw(std::string_view bytes) {
         bool done = false;
