@@ -80,6 +80,7 @@ void ShardMetrics::add(const ShardMetrics& other) noexcept {
     deliveries += other.deliveries;
     rate_limited += other.rate_limited;
     expiries_averted += other.expiries_averted;
+    for (std::size_t i = 0; i < web_responses.size(); ++i) web_responses[i] += other.web_responses[i];
     queued_bytes += other.queued_bytes;
     detection.add(other.detection);
     loop_lag.add(other.loop_lag);
@@ -184,6 +185,11 @@ std::string render_metrics(const std::vector<ShardMetrics>& shards, const Server
     scalar(out, "pulsechat_expiries_averted_total", "counter",
            "Heartbeat expiries not carried out because the peer's bytes were waiting unread: the server was behind.",
            total.expiries_averted);
+    header(out, "pulsechat_web_responses_total", "counter",
+           "Plain HTTP answers on the WebSocket ports (the web client's files), by status code.");
+    constexpr int web_codes[] = {200, 404, 405};
+    for (std::size_t i = 0; i < total.web_responses.size(); ++i)
+        fmt::format_to(it, "pulsechat_web_responses_total{{code=\"{}\"}} {}\n", web_codes[i], total.web_responses[i]);
     scalar(out, "pulsechat_handler_bugs_total", "counter", "Handlers that threw: bugs, logged and survived.", g.bugs);
 
     header(out, "pulsechat_dead_peer_detection_seconds", "histogram",

@@ -390,6 +390,14 @@ void SessionCore::abort(const std::string& reason, CloseCause cause) {
     stop(PresenceEvent::disconnected, reason);
 }
 
+void SessionCore::end_without_session(const std::string& reason) {
+    if (closed()) return;
+    state_ = SessionState::closed;
+    log_.debug("{}: {}", who(), log_safe(reason));
+    leave_hub(PresenceEvent::disconnected, reason);
+    actions_ |= act_close;
+}
+
 // --- writing ---
 
 bool SessionCore::take_batch(Clock::time_point now) {

@@ -283,6 +283,32 @@ TEST_SUITE("admin") {
         CHECK(scrape(server, "pulsechat_event_loop_lag_seconds_count{shard=\"0\"}") > 0);
     }
 
+    TEST_CASE("/metrics: page fetches on the WebSocket port are web responses, not sessions") {
+        ServerConfig cfg = admin_config();
+        cfg.ws_port = 0;
+        TestServer server(cfg);
+        const auto ws_port = server.server().ws_endpoint()->port();
+        CHECK(http_get(ws_port, "/").status == 200);
+        CHECK(http_get(ws_port, "/app.js").status == 200);
+        CHECK(http_get(ws_port, "/nope").status == 404);
+        CHECK(http_get(ws_port, "", "POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n").status == 405);
+        // Each connection is counted as finished once its session object is gone.
+        CHECK(TestServer::eventually(
+            [&] { return scrape(server, "pulsechat_connections_open{transport=\"websocket\"}") == 0; }, 3000ms));
+        CHECK(scrape(server, "pulsechat_connections_accepted_total{transport=\"websocket\"}") == 4);
+        CHECK(scrape(server, "pulsechat_web_responses_total{code=\"200\"}") == 2);
+        CHECK(scrape(server, "pulsechat_web_responses_total{code=\"404\"}") == 1);
+        CHECK(scrape(server, "pulsechat_web_responses_total{code=\"405\"}") == 1);
+        // Not one of them was a chat session, so none ended as one.
+        for (std::size_t c = 0; c < close_cause_count; ++c) {
+            const std::string series = std::string("pulsechat_sessions_closed_total{reason=\"") +
+                                       std::string(to_string(static_cast<CloseCause>(c))) + "\"}";
+            CAPTURE(series);
+            CHECK(scrape(server, series) == 0);
+        }
+        CHECK(server.server().session_env().counters.ended_before_hello.load() == 0);
+    }
+
     TEST_CASE("/metrics: the bytes queued for a member that does not read, then none once it is gone") {
         ServerConfig cfg = admin_config();
         cfg.queue_limit = 32 * 1024 * 1024;  // held, not cut off

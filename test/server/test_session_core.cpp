@@ -157,6 +157,18 @@ TEST_SUITE("session_core") {
         CHECK(f.counters.ended_before_hello == 1);
     }
 
+    TEST_CASE("a connection that only fetched pages closes without counting as a session") {
+        Fixture f;
+        f.connect();
+        f.core->end_without_session("HTTP connection done");
+        CHECK(f.core->closed());
+        CHECK((f.core->take_actions() & SessionCore::act_close) != 0);
+        CHECK(f.counters.ended_before_hello == 0);
+        for (const auto n : f.metrics.closed) CHECK(n == 0);
+        f.core->abort("again");  // a closed session stays closed, and uncounted
+        for (const auto n : f.metrics.closed) CHECK(n == 0);
+    }
+
     TEST_CASE("HELLO goes to the hub; until it answers, the heartbeat timeout bounds the wait") {
         Fixture f;
         f.connect();

@@ -94,6 +94,10 @@ struct ShardMetrics {
     std::uint64_t deliveries = 0;      // frames queued for a member (DELIVER, PRESENCE, ...)
     std::uint64_t rate_limited = 0;    // requests dropped by the rate limiter
     std::uint64_t expiries_averted = 0;
+    // Plain HTTP answers on the WebSocket ports (the web client's files), by
+    // status: 200, 404, 405 (web_files.hpp answers nothing else).
+    std::array<std::uint64_t, 3> web_responses{};
+    void count_web_response(int status) noexcept { ++web_responses[status == 200 ? 0 : status == 404 ? 1 : 2]; }
     // A gauge, filled in by the scrape (the sum over the shard's sessions),
     // not kept up to date on the per-message path.
     std::uint64_t queued_bytes = 0;

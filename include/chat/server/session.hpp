@@ -305,7 +305,7 @@ private:
             watchdog_.cancel();
             if (core_.closed()) co_return false;  // aborted meanwhile (server shut down)
             if (served) {
-                core_.abort("HTTP connection done", CloseCause::peer_closed);
+                core_.end_without_session("HTTP connection done");
                 apply();
                 co_return false;
             }
@@ -425,6 +425,7 @@ private:
                 const WebAnswer page = web_response(request);
                 env_.log->debug("session {} {}: {} {}: {}", id_, peer_, log_safe(request.method),
                                 log_safe(request.target), page.status);
+                env_.shard_metrics[shard_]->count_web_response(page.status);
                 if (!co_await write_raw(page.response)) co_return "HTTP: write failed";
                 if (!page.keep_alive) {
                     asio::error_code ignored;

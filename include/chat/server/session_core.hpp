@@ -140,6 +140,10 @@ public:
     void shutdown(const std::string& reason, Clock::time_point now);
     // Close now, queued or not.
     void abort(const std::string& reason, CloseCause cause = CloseCause::shutdown);
+    // A connection on a WebSocket port that only fetched pages and never
+    // upgraded: it closes without having been a session, so neither
+    // sessions_closed_total nor the HELLO-less count hears of it.
+    void end_without_session(const std::string& reason);
 
     // --- writing ---
 
