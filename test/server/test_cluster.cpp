@@ -8,6 +8,7 @@
 #include <set>
 #include <thread>
 
+#include <fmt/format.h>
 #include <nats/nats.h>
 
 #include "chat/server/cluster_broker.hpp"
@@ -573,6 +574,24 @@ TEST_CASE("on a three-server NATS cluster with R3 streams, killing the nats-serv
     MESSAGE("every message on node a after "
             << std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - reading).count() << " ms");
     auto on_b = delivers(*bob, total - before, 30'000ms);
+    // On a failure: which texts each node is missing, and what its broker saw.
+    const auto missing = [](const std::vector<Deliver>& got, int from, int to) {
+        std::set<std::string> seen;
+        for (const auto& d : got) seen.insert(d.text);
+        std::string list;
+        for (int i = from; i < to; ++i)
+            if (!seen.count("m" + std::to_string(i))) list += " m" + std::to_string(i);
+        return list.empty() ? std::string(" none") : list;
+    };
+    const auto broker = [](TestServer& node) {
+        const auto s = node.server().cluster()->stats();
+        return fmt::format("published {} acked {} duplicates {} retried {} failed {} refused {} live {} fetched {} "
+                           "gaps {} reconnects {} unacked {}",
+                           s.published, s.acked, s.duplicates, s.retried, s.failed, s.refused, s.live, s.fetched,
+                           s.gaps, s.reconnects, s.unacked);
+    };
+    INFO("missing on a:" << missing(on_a, 0, total) << "; on b:" << missing(on_b, before, total));
+    INFO("node a: " << broker(*a) << "; node b: " << broker(b));
     REQUIRE(on_a.size() == total);
     REQUIRE(on_b.size() == total - before);
     // Every message once, in one order on both nodes.

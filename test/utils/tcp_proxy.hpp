@@ -57,7 +57,7 @@ public:
     void cut() {
         cut_ = true;
         wake();
-        while (cut_) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        cut_.wait(true);  // until the proxy thread has closed every pair
     }
     // Bytes thrown away so far.
     std::size_t swallowed() const { return swallowed_; }
@@ -94,6 +94,7 @@ private:
                 pairs_.clear();
                 swallow_ = false;
                 cut_ = false;
+                cut_.notify_all();
             }
             std::vector<pollfd> fds{{listener_, POLLIN, 0}, {wake_[0], POLLIN, 0}};
             for (const auto& p : pairs_) {
