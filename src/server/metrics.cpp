@@ -187,9 +187,9 @@ std::string render_metrics(const std::vector<ShardMetrics>& shards, const Server
            total.expiries_averted);
     header(out, "pulsechat_web_responses_total", "counter",
            "Plain HTTP answers on the WebSocket ports (the web client's files), by status code.");
-    constexpr int web_codes[] = {200, 404, 405};
     for (std::size_t i = 0; i < total.web_responses.size(); ++i)
-        fmt::format_to(it, "pulsechat_web_responses_total{{code=\"{}\"}} {}\n", web_codes[i], total.web_responses[i]);
+        fmt::format_to(it, "pulsechat_web_responses_total{{code=\"{}\"}} {}\n", web_response_codes[i],
+                       total.web_responses[i]);
     scalar(out, "pulsechat_handler_bugs_total", "counter", "Handlers that threw: bugs, logged and survived.", g.bugs);
 
     header(out, "pulsechat_dead_peer_detection_seconds", "histogram",

@@ -83,6 +83,9 @@ const std::vector<double>& loop_lag_bounds();        // 0.1 ms .. 5 s
 const std::vector<double>& flush_latency_bounds();   // 10 us .. 1 s
 
 // One shard's counts. Written and read on that shard's thread only.
+// What web_files.hpp answers a plain HTTP request with: pulsechat_web_responses_total's codes.
+inline constexpr std::array<int, 3> web_response_codes{200, 404, 405};
+
 struct ShardMetrics {
     std::array<std::uint64_t, transport_count> accepted{};  // the hub shard's accept loops
     std::array<std::uint64_t, transport_count> finished{};  // sessions over (on their own shard)
@@ -95,9 +98,12 @@ struct ShardMetrics {
     std::uint64_t rate_limited = 0;    // requests dropped by the rate limiter
     std::uint64_t expiries_averted = 0;
     // Plain HTTP answers on the WebSocket ports (the web client's files), by
-    // status: 200, 404, 405 (web_files.hpp answers nothing else).
-    std::array<std::uint64_t, 3> web_responses{};
-    void count_web_response(int status) noexcept { ++web_responses[status == 200 ? 0 : status == 404 ? 1 : 2]; }
+    // status, in the order of web_response_codes.
+    std::array<std::uint64_t, web_response_codes.size()> web_responses{};
+    void count_web_response(int status) noexcept {
+        for (std::size_t i = 0; i < web_response_codes.size(); ++i)
+            if (web_response_codes[i] == status) ++web_responses[i];
+    }
     // A gauge, filled in by the scrape (the sum over the shard's sessions),
     // not kept up to date on the per-message path.
     std::uint64_t queued_bytes = 0;
