@@ -4,6 +4,8 @@
 // fresh store, and nodes in this process (ServerConfig::cluster_servers).
 #include <doctest/doctest.h>
 
+#include <deque>
+#include <fstream>
 #include <map>
 #include <set>
 #include <thread>
@@ -613,6 +615,46 @@ TEST_CASE("on a three-server NATS cluster with R3 streams, killing the nats-serv
     MESSAGE("node a: retried " << stats.retried << ", duplicates " << stats.duplicates);
 }
 
+namespace {
+
+// The last `lines` lines of a file ("" if it cannot be read).
+std::string tail_of(const std::string& path, std::size_t lines) {
+    std::ifstream in(path);
+    std::deque<std::string> kept;
+    for (std::string line; std::getline(in, line);) {
+        kept.push_back(std::move(line));
+        if (kept.size() > lines) kept.pop_front();
+    }
+    std::string out;
+    for (auto& line : kept) out += "    " + line + "\n";
+    return out;
+}
+
+// What a process that outlived its stop is doing: its state, every thread's
+// kernel wait and, where gdb is installed, every thread's stack.
+std::string what_it_does(pid_t pid) {
+    std::string out = "(gone)\n";
+    std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+    for (std::string line; std::getline(status, line);)
+        if (line.starts_with("State:")) out = line + "\n";
+    std::error_code ec;
+    for (const auto& task : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
+        std::ifstream comm(task.path() / "comm"), wchan(task.path() / "wchan");
+        std::string name, wait;
+        std::getline(comm, name);
+        std::getline(wchan, wait);
+        out += "    thread " + task.path().filename().string() + " " + name + ": " + wait + "\n";
+    }
+    if (::access("/usr/bin/gdb", X_OK) == 0) {
+        Subprocess gdb({"/usr/bin/gdb", "-p", std::to_string(pid), "-batch", "-ex", "thread apply all bt 12"});
+        out += gdb.rest_of_stdout(60'000ms);  // read to EOF: a full pipe would stall gdb
+        gdb.wait_exit(5'000ms);
+    }
+    return out;
+}
+
+}  // namespace
+
 TEST_CASE("scripts/pulsechat cluster: NATS and two nodes on free ports, one room across them, all gone after SIGTERM") {
     const char* source = std::getenv("PULSECHAT_SOURCE_DIR");
     REQUIRE_MESSAGE(source != nullptr, "meson sets PULSECHAT_SOURCE_DIR");
@@ -634,12 +676,16 @@ TEST_CASE("scripts/pulsechat cluster: NATS and two nodes on free ports, one room
     // "nodeN listening on 127.0.0.1:PORT (pid P, log FILE)"
     std::vector<std::uint16_t> ports;
     std::vector<pid_t> pids;
+    std::vector<std::string> logs;
     for (int n = 1; n <= 2; ++n) {
         auto line = script.wait_for("node" + std::to_string(n) + " listening on 127.0.0.1:", 15'000ms);
         REQUIRE_MESSAGE(line, script.all_stderr());
         ports.push_back(static_cast<std::uint16_t>(std::atoi(line->c_str() + line->find("127.0.0.1:") + 10)));
         pids.push_back(static_cast<pid_t>(std::atoi(line->c_str() + line->find("(pid ") + 5)));
+        const auto log = line->find(", log ") + 6;
+        logs.push_back(line->substr(log, line->rfind(')') - log));
     }
+    const std::string run_dir = std::filesystem::path(logs.front()).parent_path().string();
     auto alice = member(ports[0], "alice");
     auto bob = member(ports[1], "bob");
     REQUIRE(alice->join("lobby"));
@@ -651,7 +697,29 @@ TEST_CASE("scripts/pulsechat cluster: NATS and two nodes on free ports, one room
 
     script.signal(SIGTERM);
     auto status = script.wait_exit(15'000ms);
-    REQUIRE(status);
+    if (!status) {
+        // Which of its processes held the script up, and what each was doing.
+        std::string report = "the script did not finish within 15 s of SIGTERM\n" + script.all_stderr();
+        for (std::size_t i = 0; i < pids.size(); ++i) {
+            report += fmt::format("node{} (pid {}): {}", i + 1, pids[i],
+                                  ::kill(pids[i], 0) == 0 ? what_it_does(pids[i]) : "exited\n");
+            report += "  " + logs[i] + ":\n" + tail_of(logs[i], 15);
+        }
+        report += "  " + run_dir + "/nats.log:\n" + tail_of(run_dir + "/nats.log", 15);
+        for (pid_t pid : pids) ::kill(pid, SIGKILL);
+        // The script's nats-server is the process that names the run's store.
+        std::error_code ec;
+        for (const auto& proc : std::filesystem::directory_iterator("/proc", ec)) {
+            std::ifstream cmdline(proc.path() / "cmdline");
+            std::string args((std::istreambuf_iterator<char>(cmdline)), std::istreambuf_iterator<char>());
+            if (args.find(run_dir + "/jetstream") == std::string::npos) continue;
+            const auto pid = static_cast<pid_t>(std::atoi(proc.path().filename().c_str()));
+            if (pid <= 0) continue;
+            report += fmt::format("nats-server (pid {}): {}", pid, what_it_does(pid));
+            ::kill(pid, SIGKILL);
+        }
+        FAIL(report);
+    }
     CHECK(*status == 0);
     for (pid_t pid : pids) CHECK(::kill(pid, 0) != 0);  // reaped by the script: no such process
     CHECK_FALSE(std::filesystem::exists(store));
