@@ -26,7 +26,7 @@ export const ErrorCode = Object.freeze({
   14: 'too_many_rooms', 15: 'no_such_nick', 16: 'invalid_text', 17: 'rate_limited',
   18: 'slow_consumer', 19: 'heartbeat_timeout', 20: 'server_full',
   21: 'too_many_connections_from_address', 22: 'replaced', 23: 'shutting_down', 24: 'internal',
-  25: 'unavailable',
+  25: 'unavailable', 26: 'messages_missed',
 });
 export function errorName(code) { return ErrorCode[code] ?? 'unknown'; }
 

@@ -580,6 +580,7 @@ std::string_view to_string(ErrorCode code) noexcept {
         case ErrorCode::shutting_down: return "shutting_down";
         case ErrorCode::internal: return "internal";
         case ErrorCode::unavailable: return "unavailable";
+        case ErrorCode::messages_missed: return "messages_missed";
     }
     return "unknown";
 }

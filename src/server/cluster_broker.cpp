@@ -252,10 +252,32 @@ struct ClusterBroker::Impl {
 
     // The room's messages after `after` (up to `upto`, 0: all), oldest first,
     // each linked to the one before it; false if NATS did not answer.
+    //
+    // The stream keeps a suffix of each room (the oldest go first), so those
+    // links are exact, but for the first message: it follows `after` only if
+    // nothing between them was dropped. For a fill from the head (upto 0,
+    // after a reconnect) that is checked: when the stream no longer holds the
+    // head itself, what came between the head and the oldest message kept is
+    // gone, and the first message's link is unknown (its members are told,
+    // ClusterRoomLog::advance). A gap fill does not check: its messages'
+    // live copies may still be coming, and GapWait covers it.
     bool fetch(const std::string& room, std::uint64_t after, std::uint64_t upto,
                std::vector<ClusterRoomLog::Entry>& out) {
         const std::string subject = room_subject(room);
         std::uint64_t previous = after;
+        bool first_link_known = true;
+        if (upto == 0 && after > 0) {
+            jsDirectGetMsgOptions dg;
+            jsDirectGetMsgOptions_Init(&dg);
+            dg.Sequence = after;
+            dg.NextBySubject = subject.c_str();
+            natsMsg* msg = nullptr;
+            natsStatus s = js_DirectGetMsg(&msg, js, broker.config_.stream.c_str(), nullptr, &dg);
+            if (s == NATS_NOT_FOUND) return true;  // nothing at or after the head
+            if (s != NATS_OK) return false;
+            first_link_known = natsMsg_GetSequence(msg) == after;
+            natsMsg_Destroy(msg);
+        }
         for (;;) {
             jsDirectGetMsgOptions dg;
             jsDirectGetMsgOptions_Init(&dg);
@@ -274,7 +296,9 @@ struct ClusterBroker::Impl {
                 std::string_view(natsMsg_GetData(msg), static_cast<std::size_t>(natsMsg_GetDataLength(msg))));
             natsMsg_Destroy(msg);
             if (body) {
-                out.push_back(ClusterRoomLog::Entry{seq, previous, std::move(*body)});
+                const bool unknown = previous == after && !first_link_known;
+                out.push_back(
+                    ClusterRoomLog::Entry{seq, unknown ? ClusterRoomLog::unknown_link : previous, std::move(*body)});
             } else {
                 broker.log_->warn("cluster: message {} of room '{}' is malformed; skipped", seq, log_safe(room));
             }
@@ -296,6 +320,10 @@ struct ClusterBroker::Impl {
     void fill(const std::string& room, std::uint64_t generation, std::uint64_t after, std::uint64_t upto) {
         std::vector<ClusterRoomLog::Entry> entries;
         const bool ok = fetch(room, after, upto, entries);
+        // A fill from the start of a room that had nothing yet: when the stream
+        // holds its limit, older messages may have been dropped uncounted.
+        if (ok && after == 0 && upto == 0 && !entries.empty() && entries.size() >= broker.config_.history)
+            entries.front().last = ClusterRoomLog::unknown_link;
         broker.push(FilledEvent{room, generation, std::move(entries), ok, upto});
     }
 
@@ -662,9 +690,18 @@ Replay ClusterBroker::replay(std::string_view room, const ReplayRequest& request
 void ClusterBroker::advance(const std::string& name, RoomState& room) {
     if (!verified_) return;  // after a disconnect: wait until the stream is checked
     Subscriber* subscriber = room.subscriber;
-    auto gap = room.log.advance(epoch_, [subscriber](const StoredMessage& m) {
-        if (subscriber) subscriber->on_message(m);
-    });
+    auto gap = room.log.advance(
+        epoch_,
+        [subscriber](const StoredMessage& m) {
+            if (subscriber) subscriber->on_message(m);
+        },
+        [this, &name, subscriber] {
+            bump(counters_.missed);
+            log_->warn("cluster: room '{}': messages never reached this node and are gone from the stream; "
+                       "its members are told",
+                       log_safe(name));
+            if (subscriber) subscriber->on_missed();
+        });
     if (gap && !room.filling && !room.fill_paused) {
         bump(counters_.gaps);
         room.filling = true;
@@ -824,6 +861,7 @@ ClusterBroker::Stats ClusterBroker::stats() const {
     s.live = c.live.load(std::memory_order_relaxed);
     s.fetched = c.fetched.load(std::memory_order_relaxed);
     s.gaps = c.gaps.load(std::memory_order_relaxed);
+    s.missed = c.missed.load(std::memory_order_relaxed);
     s.reconnects = c.reconnects.load(std::memory_order_relaxed);
     s.epoch_changes = c.epoch_changes.load(std::memory_order_relaxed);
     s.rooms = c.rooms.load(std::memory_order_relaxed);

@@ -12,12 +12,18 @@ void ClusterRoomLog::load(std::vector<Entry> entries, bool full) {
         // The oldest loaded message links to whatever came before it: nothing,
         // or (when the history is full) messages dropped uncounted.
         pending_.begin()->second.last = full ? unknown_link : 0;
+        loaded_oldest_ = pending_.begin()->first;
     }
 }
 
 void ClusterRoomLog::offer(Entry entry) {
     if (entry.seq <= head_) return;  // had it already (live and fetched both)
-    pending_.insert_or_assign(entry.seq, std::move(entry));
+    auto [it, added] = pending_.try_emplace(entry.seq, std::move(entry));
+    if (added) return;
+    // Both copies came (live and fetched): a known link beats an unknown one.
+    const std::uint64_t link = it->second.last;
+    it->second = std::move(entry);
+    if (it->second.last == unknown_link) it->second.last = link;
 }
 
 void ClusterRoomLog::skip_gap() {
@@ -28,6 +34,7 @@ void ClusterRoomLog::skip_gap() {
 void ClusterRoomLog::reset() {
     head_ = 0;
     dropped_possible_ = false;
+    loaded_oldest_ = 0;
     log_.clear();
     pending_.clear();
 }
@@ -55,7 +62,8 @@ void ClusterRoomLog::append(std::uint64_t epoch, Entry&& entry,
 }
 
 std::optional<ClusterRoomLog::Gap> ClusterRoomLog::advance(
-    std::uint64_t epoch, const std::function<void(const StoredMessage&)>& deliver) {
+    std::uint64_t epoch, const std::function<void(const StoredMessage&)>& deliver,
+    const std::function<void()>& missed) {
     while (!pending_.empty()) {
         auto it = pending_.begin();
         if (it->first <= head_) {
@@ -69,6 +77,7 @@ std::optional<ClusterRoomLog::Gap> ClusterRoomLog::advance(
         if (next.last != unknown_link && next.last > head_) return Gap{head_, next.last};
         Entry entry = std::move(next);
         pending_.erase(it);
+        if (entry.last == unknown_link && entry.seq != loaded_oldest_ && missed) missed();
         append(epoch, std::move(entry), deliver);
     }
     return std::nullopt;

@@ -18,6 +18,16 @@ Room::Snapshot& Room::writable_shard(std::size_t shard) {
     return *list;
 }
 
+void Room::on_missed() {
+    // The room's name is at most max_name_length bytes: the reason stays far
+    // below str16's bound, so the encoding cannot fail.
+    broadcast(make_frame(Error{ErrorCode::messages_missed,
+                               "room '" + std::string(name_.view()) +
+                                   "': messages sent while this server was cut off from the cluster are gone "
+                                   "(how many is unknown); rejoin to see the history that is left",
+                               false}));
+}
+
 bool Room::contains(std::uint64_t id) const {
     return std::any_of(members_.begin(), members_.end(), [id](const Member& m) { return m.id == id; });
 }

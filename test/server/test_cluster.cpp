@@ -371,6 +371,76 @@ TEST_CASE("an acknowledgment lost with its connection: the retry after the recon
     CHECK(proxy.swallowed() > 0);
 }
 
+TEST_CASE("a node cut off longer than the history lasts tells its members that messages are gone, then goes on") {
+    NatsServer nats;
+    // Node a reaches NATS through a proxy: while it swallows NATS' replies,
+    // node a hears nothing of the room; a cut then makes it reconnect.
+    TcpProxy proxy(nats.port());
+    ServerConfig through_proxy = node_config(nats, "a", 5);
+    through_proxy.cluster_servers = {proxy.url()};
+    TestServer a(through_proxy);
+    TestServer b(node_config(nats, "b", 5));
+    auto alice = member(a.port(), "alice");
+    auto bob = member(b.port(), "bob");
+    REQUIRE(alice->join("lobby"));
+    REQUIRE(bob->join("lobby"));
+    bob->send(Say{"lobby", "before"});
+    auto first = delivers(*alice, 1);
+    REQUIRE(first.size() == 1);
+    REQUIRE(delivers(*bob, 1).size() == 1);
+
+    // What alice's frames say, in order, until `n` DELIVERs: texts, and "ERROR <code>".
+    auto told = [&](std::size_t n) {
+        std::vector<std::string> seen;
+        std::size_t texts = 0;
+        const auto deadline = Clock::now() + 15'000ms;
+        while (texts < n && Clock::now() < deadline) {
+            auto m = alice->read(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()));
+            if (!m) break;
+            if (auto* d = std::get_if<Deliver>(&*m)) {
+                seen.push_back(d->text);
+                ++texts;
+            } else if (auto* e = std::get_if<Error>(&*m)) {
+                seen.push_back(fmt::format("ERROR {}{}", to_string(e->code), e->fatal ? " fatal" : ""));
+            }
+        }
+        return seen;
+    };
+    auto cut_off_while = [&](int count, const std::string& prefix) {
+        proxy.swallow_replies();
+        for (int i = 0; i < count; ++i) bob->send(Say{"lobby", prefix + std::to_string(i)});
+        REQUIRE(delivers(*bob, static_cast<std::size_t>(count)).size() == static_cast<std::size_t>(count));  // stored
+        proxy.cut();
+    };
+
+    // Fewer than the history (5) while cut off: the fill from the head finds
+    // the head still stored, and everything comes, with no notice.
+    cut_off_while(3, "short");
+    CHECK(told(3) == std::vector<std::string>{"short0", "short1", "short2"});
+    CHECK(a.server().cluster()->stats().missed == 0);
+
+    // Twelve: the stream keeps the newest five, the head and six after it are
+    // gone. Alice is told before the first message after them, not silently
+    // skipped over them.
+    const auto reconnects = a.server().cluster()->stats().reconnects;
+    cut_off_while(12, "long");
+    REQUIRE(TestServer::eventually([&] { return a.server().cluster()->stats().reconnects > reconnects; }, 10'000ms));
+    CHECK(told(5) == std::vector<std::string>{"ERROR messages_missed", "long7", "long8", "long9", "long10", "long11"});
+    CHECK(no_more_delivers(*alice));
+    CHECK_FALSE(alice->closed());
+    const auto stats = a.server().cluster()->stats();
+    CHECK(stats.missed == 1);
+    CHECK(stats.failed == 0);
+    // Live messages go on.
+    bob->send(Say{"lobby", "after"});
+    CHECK(told(1) == std::vector<std::string>{"after"});
+    // Back in the room with a resume from before the loss: it cannot be counted.
+    alice->send(Leave{"lobby"});
+    auto j = resume(*alice, "lobby", first[0].position);
+    CHECK(j.missed == missed_unknown);
+    CHECK_FALSE(j.epoch_changed);
+}
+
 TEST_CASE("nicks are unique across nodes; presence, WHO, LIST and WHISPER span them; a resume token moves a nick") {
     NatsServer nats;
     TestServer a(node_config(nats, "a"));
@@ -526,7 +596,11 @@ TEST_CASE("a node killed with SIGKILL: one timed_out per member and room elsewhe
 TEST_CASE("on a three-server NATS cluster with R3 streams, killing the nats-server a node is on loses nothing") {
     NatsCluster nats;
     auto config = [&](const std::string& name) {
-        ServerConfig cfg = node_config(nats.server(0), name);
+        // A history above the test's 160 messages: while node a waits out the
+        // leader election (seconds) the stream must not trim what it has yet
+        // to fetch. That case -- members told, not skipped silently -- is "a
+        // node cut off longer than the history lasts" above.
+        ServerConfig cfg = node_config(nats.server(0), name, 1000);
         cfg.cluster_servers = nats.urls();
         cfg.cluster_replicas = 3;
         // Failing over takes a stream leader election when the killed server
@@ -588,9 +662,9 @@ TEST_CASE("on a three-server NATS cluster with R3 streams, killing the nats-serv
     const auto broker = [](TestServer& node) {
         const auto s = node.server().cluster()->stats();
         return fmt::format("published {} acked {} duplicates {} retried {} failed {} refused {} live {} fetched {} "
-                           "gaps {} reconnects {} unacked {}",
+                           "gaps {} missed {} reconnects {} unacked {}",
                            s.published, s.acked, s.duplicates, s.retried, s.failed, s.refused, s.live, s.fetched,
-                           s.gaps, s.reconnects, s.unacked);
+                           s.gaps, s.missed, s.reconnects, s.unacked);
     };
     INFO("missing on a:" << missing(on_a, 0, total) << "; on b:" << missing(on_b, before, total));
     INFO("node a: " << broker(*a) << "; node b: " << broker(b));
@@ -612,6 +686,7 @@ TEST_CASE("on a three-server NATS cluster with R3 streams, killing the nats-serv
     const auto stats = a->server().cluster()->stats();
     CHECK(stats.failed == 0);
     CHECK(stats.refused == 0);
+    CHECK(stats.missed == 0);
     MESSAGE("node a: retried " << stats.retried << ", duplicates " << stats.duplicates);
 }
 

@@ -119,6 +119,37 @@ TEST_CASE("a gap the stream can no longer fill is skipped: later messages go on,
     CHECK(seen.size() == 3);
 }
 
+TEST_CASE("the members are told before the first message after ones this node never got, and only then") {
+    ClusterRoomLog log("r", 10);
+    std::vector<std::string> events;
+    auto deliver = [&](const StoredMessage& m) { events.push_back(std::to_string(m.position.seq)); };
+    auto missed = [&] { events.push_back("missed"); };
+    // A full history's oldest message links to an unknown past, but nobody
+    // here was in the room for it: no notice.
+    log.load({entry(3, 0), entry(4, 3)}, true);
+    CHECK_FALSE(log.advance(9, deliver, missed));
+    CHECK(events == std::vector<std::string>{"3", "4"});
+    // A gap that never fills: skipped, and the members hear of it before 7.
+    log.offer(entry(7, 6));
+    REQUIRE(log.advance(9, deliver, missed));
+    log.skip_gap();
+    CHECK_FALSE(log.advance(9, deliver, missed));
+    CHECK(events == std::vector<std::string>{"3", "4", "missed", "7"});
+    // A fill from the head that found the head dropped: its first message's
+    // link is unknown; a live copy of it with its real link wins.
+    log.offer(entry(12, ClusterRoomLog::unknown_link));
+    log.offer(entry(12, 7));
+    log.offer(entry(13, 12));
+    CHECK_FALSE(log.advance(9, deliver, missed));
+    CHECK(events == std::vector<std::string>{"3", "4", "missed", "7", "12", "13"});
+    log.offer(entry(20, ClusterRoomLog::unknown_link));
+    CHECK_FALSE(log.advance(9, deliver, missed));
+    CHECK(events == std::vector<std::string>{"3", "4", "missed", "7", "12", "13", "missed", "20"});
+    // A resume from before it cannot count what it missed.
+    CHECK(log.replay(9, ReplayRequest{true, Position{9, 13}}).missed == missed_unknown);
+    CHECK(log.replay(9, ReplayRequest{true, Position{9, 20}}).missed == 0);
+}
+
 TEST_CASE("the wait for a gap's live copy is per gap: a gap that closed does not shorten the next one's") {
     GapWait wait(3000);
     CHECK_FALSE(wait.waiting());

@@ -134,6 +134,27 @@ TEST_SUITE("room") {
         CHECK(late->frames.empty());
     }
 
+    TEST_CASE("messages the broker says never came are told to every member as a non-fatal messages_missed") {
+        FakePoster poster;
+        Room room(room_name("lobby"), 2, poster);
+        auto a = std::make_shared<FakeParticipant>(1, 0);
+        auto b = std::make_shared<FakeParticipant>(2, 1);
+        room.add(a, nick("a"));
+        room.add(b, nick("b"));
+        room.on_missed();
+        poster.run_all();
+        for (auto* p : {a.get(), b.get()}) {
+            REQUIRE(p->frames.size() == 1);
+            auto decoded = decode_one(*p->frames[0]);
+            auto* e = std::get_if<Error>(&decoded);
+            REQUIRE(e != nullptr);
+            CHECK(e->code == ErrorCode::messages_missed);
+            CHECK_FALSE(e->fatal);
+            CHECK(e->reason.find("'lobby'") != std::string::npos);
+        }
+        CHECK(a->frames[0].get() == b->frames[0].get());  // encoded once
+    }
+
     TEST_CASE("a room passes the broker's messages on as they are") {
         FakePoster poster;
         Room room(room_name("lobby"), 1, poster);

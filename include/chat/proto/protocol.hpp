@@ -89,6 +89,7 @@ enum class ErrorCode : std::uint16_t {
     shutting_down = 23,       // the server is stopping
     internal = 24,            // a bug on the server; reported rather than crashing
     unavailable = 25,         // the cluster broker cannot take the message now (non-fatal)
+    messages_missed = 26,     // a room's messages never reached this (clustered) server (non-fatal)
 };
 
 std::string_view to_string(ErrorCode code) noexcept;

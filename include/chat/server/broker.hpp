@@ -62,6 +62,11 @@ public:
         // The room's log, which subscribe() could not open at once, is open:
         // replay() now answers for it. Called on the hub's thread.
         virtual void on_ready() {}
+        // Messages of the room never reached this server and are gone from
+        // the stream (a clustered server cut off longer than the history
+        // lasts): whoever is here now missed them. Called on the hub's thread,
+        // before the first message after them.
+        virtual void on_missed() {}
     };
     // What the hub hears from the broker besides messages, on the hub's thread.
     class Listener {

@@ -130,6 +130,7 @@ public:
         std::uint64_t live = 0;          // messages from the live subjects
         std::uint64_t fetched = 0;       // messages fetched to load rooms or fill gaps
         std::uint64_t gaps = 0;          // gaps found (a live message that did not link up)
+        std::uint64_t missed = 0;        // times a room's members were told messages never came
         std::uint64_t reconnects = 0;
         std::uint64_t epoch_changes = 0;
         std::size_t unacked = 0;         // publishes in flight now
@@ -141,7 +142,7 @@ private:
     // The counters behind Stats, written on the hub's thread, read from any.
     struct Counters {
         std::atomic<std::uint64_t> published{0}, acked{0}, duplicates{0}, failed{0}, refused{0}, live{0},
-            fetched{0}, gaps{0}, reconnects{0}, epoch_changes{0};
+            fetched{0}, gaps{0}, missed{0}, reconnects{0}, epoch_changes{0};
         std::atomic<std::size_t> rooms{0};
     };
     static void bump(std::atomic<std::uint64_t>& counter, std::uint64_t by = 1) noexcept {

@@ -48,7 +48,11 @@ public:
     void offer(Entry entry);
     // Moves every waiting message that links up onto the log, in order, calling
     // `deliver(stored)` for each; returns the gap that stops it, if any.
-    std::optional<Gap> advance(std::uint64_t epoch, const std::function<void(const StoredMessage&)>& deliver);
+    // `missed()` comes before a message that follows others this node never
+    // got (a skipped gap, or a fill from the head that found the head dropped
+    // by the stream): the members who were here for them must be told.
+    std::optional<Gap> advance(std::uint64_t epoch, const std::function<void(const StoredMessage&)>& deliver,
+                               const std::function<void()>& missed = {});
     // The stream was recreated: everything here belonged to a history that is gone.
     void reset();
     // The gap before the oldest waiting message will never fill: deliver on.
@@ -71,6 +75,9 @@ private:
     std::uint64_t head_ = 0;  // seq of the newest message on the log; 0: none yet
     // Messages before the oldest held one may be gone, and not counted.
     bool dropped_possible_ = false;
+    // The seq of the oldest message load() found, whose unknown link hides
+    // nothing anyone here saw; 0: none.
+    std::uint64_t loaded_oldest_ = 0;
     std::deque<Held> log_;
     std::map<std::uint64_t, Entry> pending_;  // by seq, ahead of head_
     Message scratch_{Deliver{}};

@@ -54,6 +54,9 @@ public:
         if (ready_handler_) ready_handler_(*this);
     }
     void set_ready_handler(std::function<void(Room&)> handler) { ready_handler_ = std::move(handler); }
+    // From the broker: messages of the room never reached this server; every
+    // member is told with a non-fatal ERROR messages_missed.
+    void on_missed() override;
 
 private:
     struct Member {
