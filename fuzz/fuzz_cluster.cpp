@@ -63,11 +63,18 @@ void check_room_log(const std::uint8_t* data, std::size_t size) {
     chat::ClusterRoomLog log("r", limit);
     std::uint64_t last_delivered = 0;
     std::set<std::uint64_t> delivered;
+    bool notice_waiting = false;
     auto deliver = [&](const chat::StoredMessage& m) {
         expect(m.position.epoch == epoch, "delivered in another epoch");
         expect(m.position.seq > last_delivered, "delivered out of order or twice");
         expect(delivered.insert(m.position.seq).second, "delivered twice");
         last_delivered = m.position.seq;
+        notice_waiting = false;
+    };
+    // A messages_missed notice always comes right before the message that follows the loss.
+    auto missed = [&] {
+        expect(!notice_waiting, "two notices with no message between");
+        notice_waiting = true;
     };
     auto entry = [&](std::uint64_t seq, std::uint64_t last) {
         return chat::ClusterRoomLog::Entry{seq, last, chat::ClusterBody{"alice", 1, "m" + std::to_string(seq)}};
@@ -91,7 +98,8 @@ void check_room_log(const std::uint8_t* data, std::size_t size) {
             }
             case 2: {
                 const auto head_before = log.head();
-                auto gap = log.advance(epoch, deliver);
+                auto gap = log.advance(epoch, deliver, missed);
+                expect(!notice_waiting, "a notice with no message after it");
                 expect(log.head() >= head_before, "the head went back");
                 expect(log.head() == 0 || log.head() == last_delivered, "the head is not the last delivered");
                 if (gap) expect(gap->upto > gap->after, "a gap that ends before it starts");
