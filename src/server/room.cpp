@@ -19,7 +19,7 @@ Room::Snapshot& Room::writable_shard(std::size_t shard) {
 }
 
 void Room::on_missed() {
-    // The room's name is at most max_name_length bytes: the reason stays far
+    // The room's name is at most max_room_length bytes: the reason stays far
     // below str16's bound, so the encoding cannot fail.
     broadcast(make_frame(Error{ErrorCode::messages_missed,
                                "room '" + std::string(name_.view()) +
