@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <charconv>
 #include <cstring>
 
@@ -18,27 +19,31 @@ void put_hex(char* out, T value, int digits) noexcept {
     }
 }
 
-// Hex digit values, 0x10 for anything else: every received message is parsed
-// here, so it is a table lookup without branches per digit.
-constexpr auto hex_values = [] {
-    std::array<std::uint8_t, 256> table{};
-    table.fill(0x10);
-    for (int i = 0; i < 10; ++i) table['0' + i] = static_cast<std::uint8_t>(i);
-    for (int i = 0; i < 6; ++i) table['a' + i] = static_cast<std::uint8_t>(10 + i);
-    return table;
-}();
-
-template <class T>
-bool get_hex(const char* in, int digits, T& value) noexcept {
-    std::uint64_t v = 0;
-    unsigned bad = 0;
-    for (int i = 0; i < digits; ++i) {
-        const unsigned d = hex_values[static_cast<unsigned char>(in[i])];
-        bad |= d;
-        v = (v << 4) | (d & 0xF);
-    }
-    value = static_cast<T>(v);
-    return (bad & 0x10) == 0;
+// Eight lowercase hex digits at `in`, most significant first, eight at a time
+// in one 64-bit word (SWAR): every received message's stamp is parsed here,
+// and a table lookup per digit was a tenth of chat_bench's time at 5 M
+// deliveries/s. False when any byte is not 0-9 or a-f.
+bool get_hex8(const char* in, std::uint32_t& value) noexcept {
+    constexpr std::uint64_t ones = 0x0101010101010101ULL;
+    constexpr std::uint64_t high = 0x8080808080808080ULL;
+    std::uint64_t x = 0;
+    std::memcpy(&x, in, 8);
+    if constexpr (std::endian::native == std::endian::big) x = __builtin_bswap64(x);  // the first digit lowest
+    // With every byte below 0x80, adding (0x80 - c) to all of them sets a
+    // byte's top bit exactly when that byte is >= c, and never carries into
+    // the next byte: a byte is in [lo, hi] when it is >= lo and not >= hi + 1.
+    const auto at_least = [&](unsigned c) { return x + ones * (0x80 - c); };
+    const std::uint64_t digit = at_least('0') & ~at_least('9' + 1);
+    const std::uint64_t letter = at_least('a') & ~at_least('f' + 1);
+    if ((x & high) != 0 || ((digit | letter) & high) != high) return false;
+    // '0'..'9' is 0x30..0x39 and 'a'..'f' 0x61..0x66: the low nibble, plus 9
+    // where bit 6 says letter. Then the eight nibbles (first digit in the
+    // lowest byte) are folded pairwise into the 32-bit value, first digit on top.
+    std::uint64_t v = (x & (ones * 0x0F)) + ((x >> 6) & ones) * 9;
+    v = ((v & 0x000F000F000F000FULL) << 4) | ((v >> 8) & 0x000F000F000F000FULL);  // bytes 0,2,4,6: pairs
+    v = ((v & 0x000000FF000000FFULL) << 8) | ((v >> 16) & 0x000000FF000000FFULL);  // 16-bit quads
+    value = static_cast<std::uint32_t>(((v & 0xFFFF) << 16) | ((v >> 32) & 0xFFFF));
+    return true;
 }
 
 // Finds the CRLF that ends the line starting at `from`; npos when not there yet.
@@ -84,9 +89,13 @@ void make_text(const Stamp& stamp, std::string& text, std::size_t size) {
 std::optional<Stamp> read_stamp(std::string_view text) noexcept {
     if (text.size() < stamp_size) return std::nullopt;
     Stamp s;
-    if (!get_hex(text.data(), 16, s.send_ns) || !get_hex(text.data() + 16, 8, s.room) ||
-        !get_hex(text.data() + 24, 8, s.slot) || !get_hex(text.data() + 32, 8, s.seq))
+    std::uint32_t send_high = 0;
+    std::uint32_t send_low = 0;
+    if (!get_hex8(text.data(), send_high) || !get_hex8(text.data() + 8, send_low) ||
+        !get_hex8(text.data() + 16, s.room) || !get_hex8(text.data() + 24, s.slot) ||
+        !get_hex8(text.data() + 32, s.seq))
         return std::nullopt;
+    s.send_ns = (std::uint64_t{send_high} << 32) | send_low;
     return s;
 }
 

@@ -27,7 +27,7 @@ void FlushList::arm_timer() {
         if (ec) return;  // the shard is going away
         const auto now = std::chrono::steady_clock::now();
         bool moved = false;
-        while (!later_.empty() && later_.front().first <= now) {
+        while (!later_.empty() && later_.front().first <= now + early_) {
             if (pending_.empty()) pending_since_ = now;
             pending_.push_back(std::move(later_.front().second));
             later_.pop_front();

@@ -92,7 +92,8 @@ Server::Server(ServerConfig config)
         ticks_.push_back(std::make_unique<asio::steady_timer>(*shard));
         ticks_stopped_.push_back(0);
         env_.flush_lists.push_back(
-            std::make_unique<FlushList>(shard->get_executor(), &env_.shard_metrics.back()->flush_latency));
+            std::make_unique<FlushList>(shard->get_executor(), &env_.shard_metrics.back()->flush_latency,
+                                        std::chrono::steady_clock::duration(config_.tls_coalesce) / 4));
         env_.hub_gates.push_back(std::make_unique<HubGate>(shard->get_executor(), config_.hub_backlog));
     }
     env_.close_after_bug = [this](std::size_t shard, std::uint64_t id) {

@@ -131,3 +131,33 @@ TEST_CASE("flush list: add_at flushes at the time given, in order, also with not
     CHECK(a->flushes == 1);
     CHECK(b->flushes == 1);
 }
+
+TEST_CASE("flush list: with early set, a deferred session due soon after the one the timer fired for goes with it") {
+    using namespace std::chrono_literals;
+    asio::io_context io(1);
+    FlushList list(io.get_executor(), nullptr, 50ms);
+    std::vector<std::string> log;
+    std::vector<std::chrono::steady_clock::time_point> at;
+    // Records when each was flushed, in the order flushed.
+    struct Timed final : Flushable {
+        Timed(int id, std::vector<std::string>& log, std::vector<std::chrono::steady_clock::time_point>& at)
+            : id(id), log(log), at(at) {}
+        void flush() override {
+            log.push_back("flush " + std::to_string(id));
+            at.push_back(std::chrono::steady_clock::now());
+        }
+        int id;
+        std::vector<std::string>& log;
+        std::vector<std::chrono::steady_clock::time_point>& at;
+    };
+    const auto start = std::chrono::steady_clock::now();
+    list.add_at(std::make_shared<Timed>(1, log, at), start + 30ms);
+    list.add_at(std::make_shared<Timed>(2, log, at), start + 60ms);   // within 50 ms of the first: with it
+    list.add_at(std::make_shared<Timed>(3, log, at), start + 400ms);  // far later: its own expiry
+    io.run();
+    REQUIRE(log == std::vector<std::string>{"flush 1", "flush 2", "flush 3"});
+    CHECK(at[0] - start >= 30ms);
+    // One timer expiry took both: no second wait of about 30 ms in between.
+    CHECK(at[1] - at[0] < 15ms);
+    CHECK(at[2] - start >= 400ms);
+}

@@ -514,7 +514,14 @@ private:
             while (n < scratch.size()) {
                 const auto got = sock().read(scratch.data() + n, scratch.size() - n);
                 switch (got.status) {
-                case TlsSocket::Status::done: n += got.bytes; continue;
+                case TlsSocket::Status::done:
+                    n += got.bytes;
+                    // OpenSSL holds nothing more: wait for readability rather
+                    // than call read() again only to hear EAGAIN. The wait
+                    // (epoll_ctl on an edge-triggered descriptor) reports at
+                    // once if more came meanwhile, so nothing waits longer.
+                    if (!sock().has_pending()) return n;
+                    continue;
                 case TlsSocket::Status::want_read: return n;
                 case TlsSocket::Status::want_write: tls_read_wants_write_ = true; return n;
                 case TlsSocket::Status::closed:
