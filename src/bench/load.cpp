@@ -20,10 +20,15 @@
 #include <fmt/format.h>
 
 #include "chat/bench/proc.hpp"
+#include "chat/bench/tls_stream.hpp"
 #include "chat/bench/wire.hpp"
 #include "chat/bench/ws_client.hpp"
 #include "chat/proto/protocol.hpp"
 #include "chat/common/tls_client_context.hpp"
+
+#if PULSECHAT_HAVE_OPENSSL
+#include <openssl/ssl.h>
+#endif
 
 namespace chat::bench {
 
@@ -183,6 +188,9 @@ private:
     void on_connect(const asio::error_code& ec);
     void begin();  // connected (and, with --tls, handshaken): the protocol's first words
     void start_read();
+    // Where the next read goes: the chat decoder's space, or the text protocols' bytes.
+    asio::mutable_buffer read_space();
+    bool tls() const noexcept;
     void on_read(const asio::error_code& ec, std::size_t n);
     void on_write(const asio::error_code& ec);
     void fail(const std::string& reason);
@@ -203,7 +211,7 @@ private:
     const std::size_t global_index_;
     tcp::socket socket_;
 #if PULSECHAT_HAVE_OPENSSL
-    std::unique_ptr<asio::ssl::stream<tcp::socket&>> tls_;  // over socket_, with --tls
+    std::unique_ptr<TlsStream> tls_;  // with --tls: socket_ moved into it once connected
     std::string nats_info_;  // NATS over TLS: the INFO line said in the clear before the handshake
     bool nats_info_seen_ = false;
 #endif
@@ -643,9 +651,14 @@ void Link::on_connect(const asio::error_code& ec) {
         return;
     }
     if (shared.tls) {
-        tls_ = std::make_unique<asio::ssl::stream<tcp::socket&>>(socket_, *shared.tls);
-        prepare_client_stream(*tls_, shared.cfg.host, !shared.cfg.tls_insecure);
-        tls_->async_handshake(asio::ssl::stream_base::client, [this](const asio::error_code& e) {
+        try {
+            tls_ = std::make_unique<TlsStream>(std::move(socket_), *shared.tls, shared.cfg.host,
+                                               !shared.cfg.tls_insecure);
+        } catch (const std::exception& e) {
+            fail(std::string("TLS: ") + e.what());
+            return;
+        }
+        tls_->async_handshake([this](const asio::error_code& e) {
             if (e) {
                 fail("TLS handshake failed: " + describe_tls_failure(e, tls_->native_handle()));
                 return;
@@ -762,32 +775,51 @@ void Link::begin() {
     start_read();
 }
 
+asio::mutable_buffer Link::read_space() {
+    if (worker_.shared().cfg.proto == Proto::chat) {
+        read_space_ = decoder_.prepare(read_chunk_);
+        return asio::buffer(read_space_.data(), read_space_.size());
+    }
+    auto span = text_in_.prepare(read_chunk_);
+    return asio::buffer(span.data(), span.size());
+}
+
+bool Link::tls() const noexcept {
+#if PULSECHAT_HAVE_OPENSSL
+    return tls_ != nullptr;
+#else
+    return false;
+#endif
+}
+
 void Link::start_read() {
 #if PULSECHAT_HAVE_OPENSSL
     if (tls_) {
-        // Into the buffer on_read commits to: the chat decoder, or the text protocols' bytes.
-        asio::mutable_buffer space;
-        if (worker_.shared().cfg.proto == Proto::chat) {
-            read_space_ = decoder_.prepare(read_chunk_);
-            space = asio::buffer(read_space_.data(), read_space_.size());
-        } else {
-            auto span = text_in_.prepare(read_chunk_);
-            space = asio::buffer(span.data(), span.size());
+        // Bytes OpenSSL already holds are read at once; otherwise a wait for
+        // readability, then a read into the buffer on_read commits to (the
+        // chat decoder, or the text protocols' bytes).
+        if (SSL_has_pending(tls_->native_handle()) == 1) {
+            tls_->async_read_some(read_space(), [this](const asio::error_code& ec, std::size_t n) { on_read(ec, n); });
+            return;
         }
-        tls_->async_read_some(space,
-                              [this](const asio::error_code& ec, std::size_t n) { on_read(ec, n); });
+        tls_->lowest_layer().async_wait(tcp::socket::wait_read, [this](const asio::error_code& ec) {
+            if (ec) {
+                on_read(ec, 0);
+                return;
+            }
+            asio::error_code read_ec;
+            const auto space = read_space();
+            const std::size_t n = tls_->read_now(space.data(), space.size(), read_ec);
+            if (read_ec == asio::error::would_block) {
+                start_read();  // readable, but not a whole record yet
+                return;
+            }
+            on_read(read_ec, n);
+        });
         return;
     }
 #endif
-    if (worker_.shared().cfg.proto == Proto::chat) {
-        read_space_ = decoder_.prepare(read_chunk_);
-        socket_.async_read_some(asio::buffer(read_space_.data(), read_space_.size()),
-                                [this](const asio::error_code& ec, std::size_t n) { on_read(ec, n); });
-    } else {
-        auto space = text_in_.prepare(read_chunk_);
-        socket_.async_read_some(asio::buffer(space.data(), space.size()),
-                                [this](const asio::error_code& ec, std::size_t n) { on_read(ec, n); });
-    }
+    socket_.async_read_some(read_space(), [this](const asio::error_code& ec, std::size_t n) { on_read(ec, n); });
 }
 
 void Link::on_read(const asio::error_code& ec, std::size_t n) {
@@ -833,20 +865,17 @@ void Link::on_read(const asio::error_code& ec, std::size_t n) {
         if (!open_) return;
         worker_.after_read(n);
         if (!open_) return;
-#if PULSECHAT_HAVE_OPENSSL
-        if (tls_) break;  // decrypted bytes may wait inside OpenSSL: the async read finds them
-#endif
-        if (!filled || reads == max_reads_per_turn) break;
+        // TLS: a read returns at most one record, filled or not: read on
+        // until OpenSSL and the socket have nothing more.
+        if ((!filled && !tls()) || reads == max_reads_per_turn) break;
         asio::error_code read_ec;
-        asio::mutable_buffer space;
-        if (worker_.shared().cfg.proto == Proto::chat) {
-            read_space_ = decoder_.prepare(read_chunk_);
-            space = asio::buffer(read_space_.data(), read_space_.size());
-        } else {
-            auto span = text_in_.prepare(read_chunk_);
-            space = asio::buffer(span.data(), span.size());
-        }
-        n = socket_.read_some(space, read_ec);
+        const auto space = read_space();
+#if PULSECHAT_HAVE_OPENSSL
+        if (tls_)
+            n = tls_->read_now(space.data(), space.size(), read_ec);
+        else
+#endif
+            n = socket_.read_some(space, read_ec);
         if (read_ec == asio::error::would_block || read_ec == asio::error::try_again) break;
         if (read_ec) {
             fail(read_ec == asio::error::eof ? std::string("connection closed by the server")
@@ -1024,6 +1053,12 @@ void Link::send_heartbeat_if_due(std::int64_t now) {
 void Link::close() {
     open_ = false;
     asio::error_code ignored;
+#if PULSECHAT_HAVE_OPENSSL
+    if (tls_) {
+        tls_->lowest_layer().close(ignored);
+        return;
+    }
+#endif
     socket_.close(ignored);
 }
 

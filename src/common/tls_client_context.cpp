@@ -56,5 +56,21 @@ bool verify_host_name(const std::string& host, bool preverified, asio::ssl::veri
     return false;
 }
 
+void prepare_client_ssl(ssl_st* ssl, const std::string& host, bool verify) {
+    set_server_name(ssl, host);
+    if (!verify) {
+        SSL_set_verify(ssl, SSL_VERIFY_NONE, nullptr);
+        return;
+    }
+    SSL_set_verify(ssl, SSL_VERIFY_PEER, nullptr);
+    X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
+    const int set = is_address(host) ? X509_VERIFY_PARAM_set1_ip_asc(param, host.c_str())
+                                     : X509_VERIFY_PARAM_set1_host(param, host.c_str(), host.size());
+    if (set != 1) {
+        ERR_clear_error();
+        throw TlsError("cannot check the server's certificate for '" + host + "'");
+    }
+}
+
 }  // namespace chat
 #endif  // PULSECHAT_HAVE_OPENSSL

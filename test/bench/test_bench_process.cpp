@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "utils/pki.hpp"
+
 extern char** environ;
 
 namespace {
@@ -165,11 +167,15 @@ std::uint16_t free_port() {
     return ntohs(addr.sin_port);
 }
 
-// Runs chat_bench with a small load and checks that everything arrived.
-void check_small_run(const std::string& proto, std::uint16_t port, pid_t server_pid) {
-    Child bench({program("CHAT_BENCH", "chat_bench"), "--proto", proto, "--port", std::to_string(port),
-                 "--connections", "20", "--rooms", "2", "--publishers", "2", "--count", "200", "--warmup", "0",
-                 "--server-pid", std::to_string(server_pid), "--json", "--no-progress"});
+// Runs chat_bench with a small load (and `extra` arguments) and checks that everything arrived.
+void check_small_run(const std::string& proto, std::uint16_t port, pid_t server_pid,
+                     const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> argv{program("CHAT_BENCH", "chat_bench"), "--proto", proto, "--port", std::to_string(port),
+                                  "--connections", "20", "--rooms", "2", "--publishers", "2", "--count", "200",
+                                  "--warmup", "0", "--server-pid", std::to_string(server_pid), "--json",
+                                  "--no-progress"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    Child bench(argv);
     const auto status = bench.wait_exit(8s);
     INFO(bench.output());
     REQUIRE(status.has_value());
@@ -275,4 +281,103 @@ TEST_SUITE("chat_bench process") {
         REQUIRE(server.wait_for_line(std::regex("Ready to accept connections"), 5s));
         check_small_run("redis", port, server.pid());
     }
+
+#if PULSECHAT_HAVE_OPENSSL
+    // chat_bench over TLS: its own TlsStream (an SSL on the descriptor), the
+    // certificate checked against --ca and the host name, as a client must.
+    TEST_CASE("over TLS (and wss) a small run against chat_server delivers every message, the certificate checked") {
+        chat::test::Pki pki;
+        Child server({program("CHAT_SERVER", "chat_server"), "--bind", "127.0.0.1", "--port", "0", "--rate", "0",
+                      "--history", "0", "--log-level", "warn", "--tls-port", "0", "--tls-cert", pki.server.cert_file,
+                      "--tls-key", pki.server.key_file, "--wss-port", "0"});
+        const auto port = server.wait_for_line(std::regex("listening on [0-9.]+:([0-9]+) \\(tls\\)"), 5s);
+        REQUIRE(port);
+        const auto wss_port = server.wait_for_line(std::regex("listening on [0-9.]+:([0-9]+) \\(websocket tls"), 5s);
+        REQUIRE(wss_port);
+        check_small_run("chat", static_cast<std::uint16_t>(std::stoi(*port)), server.pid(),
+                        {"--tls", "--ca", pki.ca.cert_file});
+        // WebSocket over the same TLS stream: the upgrade, then binary messages (wss://).
+        check_small_run("chat", static_cast<std::uint16_t>(std::stoi(*wss_port)), server.pid(),
+                        {"--tls", "--ca", pki.ca.cert_file, "--ws"});
+    }
+
+    TEST_CASE("over TLS a certificate chat_bench cannot trust, or for another name, fails every link and says why") {
+        chat::test::Pki pki;
+        const auto elsewhere =
+            chat::test::issue(pki.dir, "elsewhere", "elsewhere", chat::test::CertRole::server, &pki.ca,
+                              "DNS:elsewhere.example");
+        struct Case {
+            const char* what;
+            std::string cert, key, ca, reason;
+        };
+        const Case cases[] = {
+            {"another CA", pki.server.cert_file, pki.server.key_file, pki.other_ca.cert_file,
+             "certificate verify failed"},
+            {"another name", elsewhere.cert_file, elsewhere.key_file, pki.ca.cert_file, "IP address mismatch"},
+        };
+        for (const auto& c : cases) {
+            CAPTURE(c.what);
+            Child server({program("CHAT_SERVER", "chat_server"), "--bind", "127.0.0.1", "--port", "0", "--log-level",
+                          "warn", "--tls-port", "0", "--tls-cert", c.cert, "--tls-key", c.key});
+            const auto port = server.wait_for_line(std::regex("listening on [0-9.]+:([0-9]+) \\(tls\\)"), 5s);
+            REQUIRE(port);
+            Child bench({program("CHAT_BENCH", "chat_bench"), "--port", *port, "--connections", "3", "--count", "10",
+                         "--tls", "--ca", c.ca, "--json", "--no-progress"});
+            const auto status = bench.wait_exit(8s);
+            INFO(bench.output());
+            REQUIRE(status.has_value());
+            CHECK(*status != 0);
+            const std::string json = json_line(bench.output());
+            CHECK(field(json, "ok") == "false");
+            CHECK(field(json, "delivered") == "0");
+            CHECK(field(json, "first_error").find(c.reason) != std::string::npos);
+            // --insecure takes the same server as it is.
+            Child insecure({program("CHAT_BENCH", "chat_bench"), "--port", *port, "--connections", "3", "--count",
+                            "10", "--warmup", "0", "--tls", "--insecure", "--json", "--no-progress"});
+            const auto insecure_status = insecure.wait_exit(8s);
+            INFO(insecure.output());
+            REQUIRE(insecure_status.has_value());
+            CHECK(*insecure_status == 0);
+            CHECK(field(json_line(insecure.output()), "lost") == "0");
+        }
+    }
+
+    TEST_CASE("over TLS the NATS adapter reads INFO in the clear, then delivers every message, when nats-server is installed") {
+        const std::string nats = on_path("nats-server");
+        if (nats.empty()) {
+            MESSAGE("nats-server not installed: skipped");
+            return;
+        }
+        chat::test::Pki pki;
+        const std::string conf = pki.dir.file("nats.conf");
+        {
+            std::FILE* f = std::fopen(conf.c_str(), "w");
+            REQUIRE(f != nullptr);
+            std::fprintf(f, "tls {\n  cert_file: \"%s\"\n  key_file: \"%s\"\n}\n", pki.server.cert_file.c_str(),
+                         pki.server.key_file.c_str());
+            std::fclose(f);
+        }
+        Child server({nats, "-c", conf, "-a", "127.0.0.1", "-p", "-1"});
+        const auto port = server.wait_for_line(std::regex("client connections on [0-9.]+:([0-9]+)"), 5s);
+        REQUIRE(port);
+        check_small_run("nats", static_cast<std::uint16_t>(std::stoi(*port)), server.pid(),
+                        {"--tls", "--ca", pki.ca.cert_file});
+    }
+
+    TEST_CASE("over TLS the Redis adapter delivers every message through redis-server's TLS port when installed") {
+        const std::string redis = on_path("redis-server");
+        if (redis.empty()) {
+            MESSAGE("redis-server not installed: skipped");
+            return;
+        }
+        chat::test::Pki pki;
+        const auto port = free_port();
+        Child server({redis, "--bind", "127.0.0.1", "--port", "0", "--tls-port", std::to_string(port),
+                      "--tls-cert-file", pki.server.cert_file, "--tls-key-file", pki.server.key_file,
+                      "--tls-ca-cert-file", pki.ca.cert_file, "--tls-auth-clients", "no", "--protected-mode", "no",
+                      "--save", "", "--appendonly", "no"});
+        REQUIRE(server.wait_for_line(std::regex("Ready to accept connections"), 5s));
+        check_small_run("redis", port, server.pid(), {"--tls", "--ca", pki.ca.cert_file});
+    }
+#endif  // PULSECHAT_HAVE_OPENSSL
 }

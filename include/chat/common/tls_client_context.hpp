@@ -39,5 +39,10 @@ void prepare_client_stream(asio::ssl::stream<Lower>& stream, const std::string& 
     });
 }
 
+// The same for an SSL of its own (a client TlsSocket): SNI, and when
+// `verify` OpenSSL's own check that the certificate names `host` (as an
+// address or as a DNS name), whose failure is the verdict too.
+void prepare_client_ssl(ssl_st* ssl, const std::string& host, bool verify);
+
 }  // namespace chat
 #endif  // PULSECHAT_HAVE_OPENSSL

@@ -48,7 +48,7 @@
 #include "chat/server/session_base.hpp"
 #include "chat/server/session_core.hpp"
 #include "chat/server/session_env.hpp"
-#include "chat/server/tls_socket.hpp"
+#include "chat/common/tls_socket.hpp"
 #include "chat/server/tls_staging.hpp"
 #include "chat/server/web_files.hpp"
 #include "chat/server/websocket_handshake.hpp"

@@ -11,7 +11,7 @@
 #include <asio/ip/tcp.hpp>
 #include <asio/local/stream_protocol.hpp>
 
-#include "chat/server/tls_socket.hpp"
+#include "chat/common/tls_socket.hpp"
 #include "chat/server/websocket_stream.hpp"
 #include "chat/proto/protocol.hpp"
 #include "chat/server/flush_list.hpp"

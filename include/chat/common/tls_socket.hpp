@@ -1,18 +1,19 @@
-// A server-side TLS connection as an OpenSSL SSL object on the socket's own
-// descriptor, driven by readiness like the plain sockets.
+// A TLS connection as an OpenSSL SSL object on the socket's own descriptor,
+// driven by readiness like the plain sockets: the server's TLS sessions and
+// chat_bench's TLS links (bench/tls_stream.hpp) are both one of these.
 //
 // Why not asio::ssl::stream: it encrypts into a BIO pair and copies the
 // records out into a vector of its own before every socket write (and the
 // reverse for reads), holds two 17 KiB vectors and the pair's buffers for as
 // long as the connection lives (most of an idle TLS session's memory), and
 // takes one composed operation per record. Here SSL_read and SSL_write talk
-// to the non-blocking descriptor directly: the session waits for
-// readability or writability on the socket, then calls read() or write(),
-// which do what they can without blocking and say what they wait for. With
-// SSL_MODE_RELEASE_BUFFERS (set on the context) an idle session holds no
-// record buffer at all.
+// to the non-blocking descriptor directly: the owner waits for readability
+// or writability on the socket, then calls read() or write(), which do what
+// they can without blocking and say what they wait for. With
+// SSL_MODE_RELEASE_BUFFERS (set on the server's context) an idle session
+// holds no record buffer at all.
 //
-// The session's shard owns it; nothing here is thread-safe.
+// The owner's thread only; nothing here is thread-safe.
 #pragma once
 
 #include "chat/common/tls.hpp"  // pulsechat_config.h, ssl_st
@@ -44,10 +45,14 @@ public:
         asio::error_code error{};
     };
 
-    // Takes the accepted socket (made non-blocking here) and makes an SSL in
-    // server mode from `context`, which the SSL keeps referenced. Throws
-    // std::system_error if OpenSSL cannot make one.
-    TlsSocket(asio::ip::tcp::socket socket, asio::ssl::context& context);
+    enum class Role { server, client };
+
+    // Takes the socket (accepted, or connected for a client; made
+    // non-blocking here) and makes an SSL for `role` from `context`, which
+    // the SSL keeps referenced. A client sets its server name and checks
+    // (prepare_client_ssl in tls_client_context.hpp) before the first
+    // handshake() step. Throws std::system_error if OpenSSL cannot make one.
+    TlsSocket(asio::ip::tcp::socket socket, asio::ssl::context& context, Role role = Role::server);
     TlsSocket(TlsSocket&& other) noexcept;
     TlsSocket& operator=(TlsSocket&&) = delete;
     TlsSocket(const TlsSocket&) = delete;
@@ -64,7 +69,7 @@ public:
         return socket_.async_wait(what, std::forward<Token>(token));
     }
 
-    // One step of the server's handshake.
+    // One step of the handshake.
     Result handshake();
     // Decrypted bytes into [data, data + size): at most one record's worth.
     Result read(void* data, std::size_t size);

@@ -1,4 +1,4 @@
-#include "chat/server/tls_socket.hpp"
+#include "chat/common/tls_socket.hpp"
 
 #if PULSECHAT_HAVE_OPENSSL
 
@@ -11,7 +11,8 @@
 
 namespace chat {
 
-TlsSocket::TlsSocket(asio::ip::tcp::socket socket, asio::ssl::context& context) : socket_(std::move(socket)) {
+TlsSocket::TlsSocket(asio::ip::tcp::socket socket, asio::ssl::context& context, Role role)
+    : socket_(std::move(socket)) {
     ssl_ = SSL_new(context.native_handle());
     if (ssl_ == nullptr) {
         ERR_clear_error();
@@ -21,7 +22,10 @@ TlsSocket::TlsSocket(asio::ip::tcp::socket socket, asio::ssl::context& context) 
     socket_.non_blocking(true, ignored);
     // A socket BIO without ownership: asio's socket closes the descriptor.
     SSL_set_fd(ssl_, socket_.native_handle());
-    SSL_set_accept_state(ssl_);
+    if (role == Role::server)
+        SSL_set_accept_state(ssl_);
+    else
+        SSL_set_connect_state(ssl_);
     // Partial writes: SSL_write returns after each record, so a full socket
     // costs a retry of the rest, not of the whole buffer. Moving buffer: a
     // retry may come from a staging buffer at another address.
