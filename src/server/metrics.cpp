@@ -119,6 +119,41 @@ void histogram_lines(std::string& out, std::string_view name, std::string_view l
 
 }  // namespace
 
+namespace {
+
+// --cluster: the broker's publishes by outcome, the messages it got by
+// source, and what it noticed (docs/METRICS.md, docs/CLUSTER.md).
+void render_cluster(std::string& out, const ClusterGauges& c) {
+    auto it = std::back_inserter(out);
+    header(out, "pulsechat_cluster_publishes_total", "counter",
+           "SAYs handed to JetStream, and what became of them: acked (stored; duplicate ones included), "
+           "failed (given up, the sender told), refused (the cluster was unavailable).");
+    fmt::format_to(it, "pulsechat_cluster_publishes_total{{outcome=\"acked\"}} {}\n", c.acked);
+    fmt::format_to(it, "pulsechat_cluster_publishes_total{{outcome=\"failed\"}} {}\n", c.failed);
+    fmt::format_to(it, "pulsechat_cluster_publishes_total{{outcome=\"refused\"}} {}\n", c.refused);
+    scalar(out, "pulsechat_cluster_publish_duplicates_total", "counter",
+           "Acks that said duplicate: a retried publish JetStream had stored already (stored once).", c.duplicates);
+    scalar(out, "pulsechat_cluster_publish_retries_total", "counter",
+           "Publishes sent again after an ack timeout or an error.", c.retried);
+    scalar(out, "pulsechat_cluster_publishes_in_flight", "gauge", "Publishes sent and not yet acked or given up.",
+           c.unacked);
+    header(out, "pulsechat_cluster_messages_received_total", "counter",
+           "Stored messages this node received: from the live subjects, or fetched to load a room or fill a gap.");
+    fmt::format_to(it, "pulsechat_cluster_messages_received_total{{source=\"live\"}} {}\n", c.live);
+    fmt::format_to(it, "pulsechat_cluster_messages_received_total{{source=\"fetched\"}} {}\n", c.fetched);
+    scalar(out, "pulsechat_cluster_gaps_total", "counter",
+           "Live messages that did not link to the last one known: a gap to fill from the stream.", c.gaps);
+    scalar(out, "pulsechat_cluster_messages_missed_total", "counter",
+           "messages_missed notices: times a room's members here were told messages never came.", c.missed);
+    scalar(out, "pulsechat_cluster_reconnects_total", "counter", "Reconnects to NATS.", c.reconnects);
+    scalar(out, "pulsechat_cluster_epoch_changes_total", "counter",
+           "Times the stream was found new (made again): every room's history was gone, its epoch changed.",
+           c.epoch_changes);
+    scalar(out, "pulsechat_cluster_rooms", "gauge", "Rooms this node follows in the stream now.", c.rooms);
+}
+
+}  // namespace
+
 std::string render_metrics(const std::vector<ShardMetrics>& shards, const ServerGauges& g) {
     ShardMetrics total;
     for (const auto& s : shards) total.add(s);
@@ -202,6 +237,7 @@ std::string render_metrics(const std::vector<ShardMetrics>& shards, const Server
            "How late each shard's 100 ms tick fired: a busy shard reads heartbeats late.");
     for (std::size_t s = 0; s < shards.size(); ++s)
         histogram_lines(out, "pulsechat_event_loop_lag_seconds", fmt::format("shard=\"{}\"", s), shards[s].loop_lag);
+    if (g.cluster) render_cluster(out, *g.cluster);
     return out;
 }
 

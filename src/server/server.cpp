@@ -223,6 +223,14 @@ ServerGauges Server::gauges() const {
     g.bugs = env_.counters.bugs.load(std::memory_order_relaxed);
     g.ready = !shutting_down_;
     g.start_time_seconds = start_time_;
+#if PULSECHAT_HAVE_CLUSTER
+    if (cluster_ != nullptr) {
+        const auto c = cluster_->stats();
+        g.cluster = ClusterGauges{c.acked,   c.duplicates, c.retried,    c.failed,         c.refused,
+                                  c.live,    c.fetched,    c.gaps,       c.missed,         c.reconnects,
+                                  c.epoch_changes, c.unacked, c.rooms};
+    }
+#endif
     return g;
 }
 

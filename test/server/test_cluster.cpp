@@ -14,6 +14,7 @@
 #include <nats/nats.h>
 
 #include "chat/server/cluster_broker.hpp"
+#include "utils/http.hpp"
 #include "utils/live.hpp"
 #include "utils/nats.hpp"
 #include "utils/server_process.hpp"
@@ -339,6 +340,7 @@ TEST_CASE("an acknowledgment lost with its connection: the retry after the recon
     TcpProxy proxy(nats.port());
     ServerConfig through_proxy = node_config(nats, "a");
     through_proxy.cluster_servers = {proxy.url()};
+    through_proxy.admin_port = 0;  // its /metrics shows the retry too
     TestServer a(through_proxy);
     TestServer b(node_config(nats, "b"));
     auto alice = member(a.port(), "alice");
@@ -369,6 +371,22 @@ TEST_CASE("an acknowledgment lost with its connection: the retry after the recon
     CHECK(stats.failed == 0);
     CHECK(stats.retried >= 1);
     CHECK(proxy.swallowed() > 0);
+#if PULSECHAT_HAVE_HTTP_PARSER
+    // The same counts on node a's /metrics, for an operator.
+    const auto metrics = http_get(a.server().admin_endpoint()->port(), "/metrics");
+    REQUIRE(metrics.status == 200);
+    const std::string& text = metrics.body;
+    CHECK(sample(text, "pulsechat_cluster_publishes_total{outcome=\"acked\"}") == 1);
+    CHECK(sample(text, "pulsechat_cluster_publishes_total{outcome=\"failed\"}") == 0);
+    CHECK(sample(text, "pulsechat_cluster_publish_duplicates_total") >= 1);
+    CHECK(sample(text, "pulsechat_cluster_publish_retries_total") >= 1);
+    CHECK(sample(text, "pulsechat_cluster_publishes_in_flight") == 0);
+    CHECK(sample(text, "pulsechat_cluster_reconnects_total") >= 1);
+    CHECK(sample(text, "pulsechat_cluster_messages_received_total{source=\"live\"}") +
+              sample(text, "pulsechat_cluster_messages_received_total{source=\"fetched\"}") >= 1);
+    CHECK(sample(text, "pulsechat_cluster_rooms") == 1);
+    if (have_promtool()) CHECK(promtool_complaints(text) == "");
+#endif
 }
 
 TEST_CASE("a node cut off longer than the history lasts tells its members that messages are gone, then goes on") {

@@ -10,6 +10,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -114,6 +115,26 @@ struct ShardMetrics {
     void add(const ShardMetrics& other) noexcept;
 };
 
+// With --cluster: the cluster broker's counts (ClusterBroker::stats()), for
+// the pulsechat_cluster_* metrics. Plain numbers, so that rendering them
+// needs no NATS.
+struct ClusterGauges {
+    // Every SAY handed to JetStream ends acked or failed; until then it is unacked.
+    std::uint64_t acked = 0;       // acknowledged as stored
+    std::uint64_t duplicates = 0;  // ... of which JetStream said duplicate (a retry stored once)
+    std::uint64_t retried = 0;     // publishes sent again after a timeout or an error
+    std::uint64_t failed = 0;      // given up on; the sender got an ERROR
+    std::uint64_t refused = 0;     // refused at once: the cluster was unavailable
+    std::uint64_t live = 0;        // messages from the live subjects
+    std::uint64_t fetched = 0;     // messages fetched to load rooms or fill gaps
+    std::uint64_t gaps = 0;        // live messages that did not link to the last one known
+    std::uint64_t missed = 0;      // messages_missed notices: members told messages never came
+    std::uint64_t reconnects = 0;  // reconnects to NATS
+    std::uint64_t epoch_changes = 0;  // times the stream was found new (every room's history gone)
+    std::uint64_t unacked = 0;     // publishes in flight now
+    std::uint64_t rooms = 0;       // rooms this node follows now
+};
+
 // What a scrape shows besides the shards' counts: values read on the hub shard.
 struct ServerGauges {
     std::string version;
@@ -130,6 +151,7 @@ struct ServerGauges {
     std::uint64_t bugs = 0;
     bool ready = true;                 // accepting (false once a drain began)
     double start_time_seconds = 0;     // since the Unix epoch
+    std::optional<ClusterGauges> cluster;  // with --cluster only
 };
 
 // The Prometheus text exposition (format 0.0.4) of `shards` (one per shard,
