@@ -1,5 +1,8 @@
 #include "chat/server/metrics.hpp"
 
+#include <initializer_list>
+#include <utility>
+
 #include <fmt/format.h>
 
 namespace chat {
@@ -102,6 +105,14 @@ void scalar(std::string& out, std::string_view name, std::string_view type, std:
     fmt::format_to(std::back_inserter(out), "{} {}\n", name, value);
 }
 
+// A metric with one label: a sample for each {label value, count}.
+void labeled(std::string& out, std::string_view name, std::string_view type, std::string_view help,
+             std::string_view label, std::initializer_list<std::pair<std::string_view, std::uint64_t>> samples) {
+    header(out, name, type, help);
+    for (const auto& [value, count] : samples)
+        fmt::format_to(std::back_inserter(out), "{}{{{}=\"{}\"}} {}\n", name, label, value, count);
+}
+
 void histogram_lines(std::string& out, std::string_view name, std::string_view labels, const Histogram& h) {
     std::uint64_t cumulative = 0;
     const std::string sep = labels.empty() ? "" : ",";
@@ -124,23 +135,19 @@ namespace {
 // --cluster: the broker's publishes by outcome, the messages it got by
 // source, and what it noticed (docs/METRICS.md, docs/CLUSTER.md).
 void render_cluster(std::string& out, const ClusterGauges& c) {
-    auto it = std::back_inserter(out);
-    header(out, "pulsechat_cluster_publishes_total", "counter",
-           "SAYs handed to JetStream, and what became of them: acked (stored; duplicate ones included), "
-           "failed (given up, the sender told), refused (the cluster was unavailable).");
-    fmt::format_to(it, "pulsechat_cluster_publishes_total{{outcome=\"acked\"}} {}\n", c.acked);
-    fmt::format_to(it, "pulsechat_cluster_publishes_total{{outcome=\"failed\"}} {}\n", c.failed);
-    fmt::format_to(it, "pulsechat_cluster_publishes_total{{outcome=\"refused\"}} {}\n", c.refused);
+    labeled(out, "pulsechat_cluster_publishes_total", "counter",
+            "SAYs handed to JetStream, and what became of them: acked (stored; duplicate ones included), "
+            "failed (given up, the sender told), refused (the cluster was unavailable).",
+            "outcome", {{"acked", c.acked}, {"failed", c.failed}, {"refused", c.refused}});
     scalar(out, "pulsechat_cluster_publish_duplicates_total", "counter",
            "Acks that said duplicate: a retried publish JetStream had stored already (stored once).", c.duplicates);
     scalar(out, "pulsechat_cluster_publish_retries_total", "counter",
            "Publishes sent again after an ack timeout or an error.", c.retried);
     scalar(out, "pulsechat_cluster_publishes_in_flight", "gauge", "Publishes sent and not yet acked or given up.",
            c.unacked);
-    header(out, "pulsechat_cluster_messages_received_total", "counter",
-           "Stored messages this node received: from the live subjects, or fetched to load a room or fill a gap.");
-    fmt::format_to(it, "pulsechat_cluster_messages_received_total{{source=\"live\"}} {}\n", c.live);
-    fmt::format_to(it, "pulsechat_cluster_messages_received_total{{source=\"fetched\"}} {}\n", c.fetched);
+    labeled(out, "pulsechat_cluster_messages_received_total", "counter",
+            "Stored messages this node received: from the live subjects, or fetched to load a room or fill a gap.",
+            "source", {{"live", c.live}, {"fetched", c.fetched}});
     scalar(out, "pulsechat_cluster_gaps_total", "counter",
            "Live messages that did not link to the last one known: a gap to fill from the stream.", c.gaps);
     scalar(out, "pulsechat_cluster_messages_missed_total", "counter",
@@ -203,10 +210,8 @@ std::string render_metrics(const std::vector<ShardMetrics>& shards, const Server
     scalar(out, "pulsechat_rate_limited_total", "counter", "Requests dropped by the per-session rate limit.",
            total.rate_limited);
 
-    header(out, "pulsechat_resumes_total", "counter", "Sessions resumed with a resume token, by outcome.");
-    fmt::format_to(it, "pulsechat_resumes_total{{outcome=\"recovered\"}} {}\n", g.resumes_full);
-    fmt::format_to(it, "pulsechat_resumes_total{{outcome=\"missed\"}} {}\n", g.resumes_gap);
-    fmt::format_to(it, "pulsechat_resumes_total{{outcome=\"epoch_changed\"}} {}\n", g.resumes_epoch);
+    labeled(out, "pulsechat_resumes_total", "counter", "Sessions resumed with a resume token, by outcome.", "outcome",
+            {{"recovered", g.resumes_full}, {"missed", g.resumes_gap}, {"epoch_changed", g.resumes_epoch}});
 
     scalar(out, "pulsechat_auth_failures_total", "counter", "HELLOs refused for a missing or wrong access token.",
            g.auth_failures);

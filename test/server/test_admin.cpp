@@ -413,36 +413,30 @@ TEST_SUITE("admin") {
     TEST_CASE("render_metrics with cluster gauges: the pulsechat_cluster_ metrics, each count in its place, promtool clean") {
         ServerGauges g;
         g.version = "test";
-        ClusterGauges c;
         // Distinct values, so that a count rendered in another's place shows.
-        c.acked = 101;
-        c.duplicates = 2;
-        c.retried = 3;
-        c.failed = 4;
-        c.refused = 5;
-        c.live = 606;
-        c.fetched = 707;
-        c.gaps = 8;
-        c.missed = 9;
-        c.reconnects = 10;
-        c.epoch_changes = 11;
-        c.unacked = 12;
-        c.rooms = 13;
-        g.cluster = c;
+        g.cluster = ClusterGauges{.acked = 101, .duplicates = 2, .retried = 3, .failed = 4, .refused = 5,
+                                  .live = 606, .fetched = 707, .gaps = 8, .missed = 9, .reconnects = 10,
+                                  .epoch_changes = 11, .unacked = 12, .rooms = 13};
         const std::string text = render_metrics(std::vector<ShardMetrics>(2), g);
-        CHECK(sample(text, "pulsechat_cluster_publishes_total{outcome=\"acked\"}") == 101);
-        CHECK(sample(text, "pulsechat_cluster_publishes_total{outcome=\"failed\"}") == 4);
-        CHECK(sample(text, "pulsechat_cluster_publishes_total{outcome=\"refused\"}") == 5);
-        CHECK(sample(text, "pulsechat_cluster_publish_duplicates_total") == 2);
-        CHECK(sample(text, "pulsechat_cluster_publish_retries_total") == 3);
-        CHECK(sample(text, "pulsechat_cluster_publishes_in_flight") == 12);
-        CHECK(sample(text, "pulsechat_cluster_messages_received_total{source=\"live\"}") == 606);
-        CHECK(sample(text, "pulsechat_cluster_messages_received_total{source=\"fetched\"}") == 707);
-        CHECK(sample(text, "pulsechat_cluster_gaps_total") == 8);
-        CHECK(sample(text, "pulsechat_cluster_messages_missed_total") == 9);
-        CHECK(sample(text, "pulsechat_cluster_reconnects_total") == 10);
-        CHECK(sample(text, "pulsechat_cluster_epoch_changes_total") == 11);
-        CHECK(sample(text, "pulsechat_cluster_rooms") == 13);
+        const std::pair<const char*, double> expected[] = {
+            {"pulsechat_cluster_publishes_total{outcome=\"acked\"}", 101},
+            {"pulsechat_cluster_publishes_total{outcome=\"failed\"}", 4},
+            {"pulsechat_cluster_publishes_total{outcome=\"refused\"}", 5},
+            {"pulsechat_cluster_publish_duplicates_total", 2},
+            {"pulsechat_cluster_publish_retries_total", 3},
+            {"pulsechat_cluster_publishes_in_flight", 12},
+            {"pulsechat_cluster_messages_received_total{source=\"live\"}", 606},
+            {"pulsechat_cluster_messages_received_total{source=\"fetched\"}", 707},
+            {"pulsechat_cluster_gaps_total", 8},
+            {"pulsechat_cluster_messages_missed_total", 9},
+            {"pulsechat_cluster_reconnects_total", 10},
+            {"pulsechat_cluster_epoch_changes_total", 11},
+            {"pulsechat_cluster_rooms", 13},
+        };
+        for (const auto& [series, value] : expected) {
+            CAPTURE(series);
+            CHECK(sample(text, series) == value);
+        }
         g.cluster.reset();
         CHECK(render_metrics(std::vector<ShardMetrics>(2), g).find("pulsechat_cluster_") == std::string::npos);
         if (!have_promtool()) {
