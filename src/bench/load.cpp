@@ -26,10 +26,6 @@
 #include "chat/proto/protocol.hpp"
 #include "chat/common/tls_client_context.hpp"
 
-#if PULSECHAT_HAVE_OPENSSL
-#include <openssl/ssl.h>
-#endif
-
 namespace chat::bench {
 
 std::optional<Proto> parse_proto(std::string_view name) {
@@ -795,27 +791,8 @@ bool Link::tls() const noexcept {
 void Link::start_read() {
 #if PULSECHAT_HAVE_OPENSSL
     if (tls_) {
-        // Bytes OpenSSL already holds are read at once; otherwise a wait for
-        // readability, then a read into the buffer on_read commits to (the
-        // chat decoder, or the text protocols' bytes).
-        if (SSL_has_pending(tls_->native_handle()) == 1) {
-            tls_->async_read_some(read_space(), [this](const asio::error_code& ec, std::size_t n) { on_read(ec, n); });
-            return;
-        }
-        tls_->lowest_layer().async_wait(tcp::socket::wait_read, [this](const asio::error_code& ec) {
-            if (ec) {
-                on_read(ec, 0);
-                return;
-            }
-            asio::error_code read_ec;
-            const auto space = read_space();
-            const std::size_t n = tls_->read_now(space.data(), space.size(), read_ec);
-            if (read_ec == asio::error::would_block) {
-                start_read();  // readable, but not a whole record yet
-                return;
-            }
-            on_read(read_ec, n);
-        });
+        tls_->async_read_when_readable(read_space(),
+                                       [this](const asio::error_code& ec, std::size_t n) { on_read(ec, n); });
         return;
     }
 #endif

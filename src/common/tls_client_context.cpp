@@ -47,15 +47,6 @@ void set_server_name(ssl_st* ssl, const std::string& host) {
     if (!is_address(host)) SSL_set_tlsext_host_name(ssl, host.c_str());
 }
 
-bool verify_host_name(const std::string& host, bool preverified, asio::ssl::verify_context& ctx) {
-    if (!preverified) return false;
-    if (asio::ssl::host_name_verification(host)(true, ctx)) return true;
-    // asio's check leaves the verdict at "ok"; this names the failure.
-    X509_STORE_CTX_set_error(ctx.native_handle(),
-                             is_address(host) ? X509_V_ERR_IP_ADDRESS_MISMATCH : X509_V_ERR_HOSTNAME_MISMATCH);
-    return false;
-}
-
 void prepare_client_ssl(ssl_st* ssl, const std::string& host, bool verify) {
     set_server_name(ssl, host);
     if (!verify) {

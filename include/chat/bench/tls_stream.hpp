@@ -70,6 +70,33 @@ public:
                        [this, buffer](Handler h) { async_read_some(buffer, std::move(h)); });
     }
 
+    // The same, for a caller that has just seen read_now() say would_block:
+    // unless OpenSSL holds bytes, it waits for readability first instead of
+    // asking the socket again only to hear EAGAIN.
+    template <class Handler>
+    void async_read_when_readable(const asio::mutable_buffer& buffer, Handler handler) {
+        if (tls_.has_pending()) {
+            async_read_some(buffer, std::move(handler));
+            return;
+        }
+        tls_.async_wait(asio::socket_base::wait_read,
+                        [this, buffer, h = std::move(handler)](const asio::error_code& ec) mutable {
+                            if (ec) {
+                                h(ec, std::size_t{0});
+                                return;
+                            }
+                            const auto r = tls_.read(buffer.data(), buffer.size());
+                            if (waits(r)) {  // readable, but not a whole record yet
+                                finish_or_wait(r, std::move(h), [this, buffer](Handler again) {
+                                    async_read_some(buffer, std::move(again));
+                                });
+                                return;
+                            }
+                            // Already a completion: the handler runs here, not posted.
+                            h(outcome(r), r.bytes);
+                        });
+    }
+
     // Encrypts and sends a record's worth (or less) of `buffer`.
     template <class Handler>
     void async_write_some(const asio::const_buffer& buffer, Handler handler) {
